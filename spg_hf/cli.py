@@ -39,7 +39,9 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated key=value pairs applied to the config, e.g. 'hidden_size=32,num_hidden_layers=2'."},
+        metadata={
+            "help": "Comma-separated key=value pairs applied to the config, e.g. 'hidden_size=32,num_hidden_layers=2'."
+        },
     )
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer / feature extractor, if not the model's own."}
@@ -98,7 +100,9 @@ def resolve_package_path(value: str | None) -> str | None:
     package, _, subpath = value[len(PACKAGE_PATH_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"{value!r}: Python package {package!r} is not installed (pip install {package.replace('_', '-')}).")
+        raise ValueError(
+            f"{value!r}: Python package {package!r} is not installed (pip install {package.replace('_', '-')})."
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / subpath
     if not folder.exists():
         raise ValueError(f"{value!r}: {folder} does not exist.")

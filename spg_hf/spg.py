@@ -1,0 +1,123 @@
+"""Sequential Policy Gradient: the temporary module chain and the loss (SPG.md, equations in order).
+
+Module t maps h_{t-1} to h_t = d_t + W_t d_t + b_t with d_t = Dropout_p(h_{t-1}) and W_t, b_t zero-initialised,
+and every h_t goes through the model's own (shared) head. Example i survives to module t while every earlier
+prediction was correct:
+
+    M_0(i) = c_0(i),   M_t(i) = M_{t-1}(i) c_t(i)
+    L = mean_i CE_0(i) + sum_t lambda_t sum_i M_{t-1}(i) CE_t(i) / (sum_i M_{t-1}(i) + eps)      ("survivors")
+
+or with the denominator replaced by the batch size ("batch"). In REINFORCE terms the action is the label, the
+policy is the shared head's distribution and the binary return is M; the masked cross-entropy is exactly the
+policy-gradient estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SURVIVOR_EPS = 1e-8
+
+Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class TRPModule(nn.Module):
+    """One task replica prediction module: dropout, then a zero-initialised residual linear map."""
+
+    def __init__(self, width: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        # Plain zero tensors rather than nn.Linear: its random init would draw from the global RNG and shift every
+        # later random draw (dropout masks, data order) away from a plain run with the same seed.
+        self.weight = nn.Parameter(torch.zeros(width, width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        # The reference code's ReLU sits at 0 for zero weights and passes no gradient: its modules stay inert.
+        self.activation = nn.ReLU() if activation == "relu" else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dropped = self.dropout(hidden)
+        return dropped + self.activation(F.linear(dropped, self.weight, self.bias))
+
+
+class TRPChain(nn.Module):
+    """T modules in sequence; returns every module's output h_1..h_T."""
+
+    def __init__(self, width: int, dropouts: list[float], activation: str) -> None:
+        super().__init__()
+        self.replicas = nn.ModuleList(TRPModule(width, rate, activation) for rate in dropouts)
+
+    def forward(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        for replica in self.replicas:
+            hidden = replica(hidden)
+            outputs.append(hidden)
+        return outputs
+
+
+def per_example_terms(
+    objective: str, logits: Logits, targets: Targets, regression_tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example loss CE_t(i) and correctness c_t(i) of one prediction, in float32.
+
+    objective: "classification" (argmax == label), "regression" (|prediction - label| <= tolerance, squared error
+    as the loss) or "question_answering" (start and end argmax both right, mean of start and end cross-entropy).
+    """
+    if objective == "classification":
+        logits = logits.float()
+        return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+    if objective == "regression":
+        predictions = logits.float().view(-1)
+        error = predictions - targets.float().view(-1)
+        return error.square(), error.abs() <= regression_tolerance
+    if objective == "question_answering":
+        losses, hits = [], []
+        for position_logits, positions in zip(logits, targets, strict=True):
+            position_logits = position_logits.float()
+            # Positions outside the window are clamped to an ignored index, as the models' own QA loss does.
+            ignored_index = position_logits.size(1)
+            positions = positions.view(-1).clamp(0, ignored_index)
+            losses.append(F.cross_entropy(position_logits, positions, ignore_index=ignored_index, reduction="none"))
+            hits.append(position_logits.argmax(-1) == positions)
+        return (losses[0] + losses[1]) / 2, hits[0] & hits[1]
+    raise ValueError(f"Unknown SPG objective {objective!r}.")
+
+
+@dataclass
+class SPGLoss:
+    loss: torch.Tensor  # the full SPG loss, differentiable
+    survival: torch.Tensor  # [T]: share of the batch that reached module t (mean of M_{t-1})
+    module_losses: torch.Tensor  # [T]: module t's normalised term, before its weight lambda_t
+
+
+def spg_loss(
+    base_loss: torch.Tensor,
+    base_correct: torch.Tensor,
+    module_terms: list[tuple[torch.Tensor, torch.Tensor]],
+    weights: list[float],
+    normalize: str,
+    loss_normalization: bool = False,
+) -> SPGLoss:
+    """Combine the base loss with the masked module losses.
+
+    base_loss: mean CE_0 (the model's own loss); base_correct: c_0 per example; module_terms: (CE_t, c_t) per module.
+    loss_normalization multiplies by the detached exp(CE_0 - L), as the reference code does for QA.
+    """
+    alive = base_correct.float()
+    batch_size = alive.numel()
+    total = base_loss
+    survival, module_losses = [], []
+    for weight, (losses, correct) in zip(weights, module_terms, strict=True):
+        denominator = alive.sum() + SURVIVOR_EPS if normalize == "survivors" else batch_size
+        term = (alive * losses).sum() / denominator
+        total = total + weight * term
+        survival.append(alive.mean())
+        module_losses.append(term.detach())
+        alive = alive * correct.float()
+    if loss_normalization:
+        total = total * torch.exp(base_loss - total).detach()
+    return SPGLoss(total, torch.stack(survival).detach(), torch.stack(module_losses))
