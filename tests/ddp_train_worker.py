@@ -1,0 +1,102 @@
+"""One rank of the 2-process DDP test (tests/test_core_distributed.py launches it with torchrun).
+
+Trains a tiny BERT and a tiny Wav2Vec2 (LayerDrop 0.5) classifier with SPGTrainer's default settings on gloo and
+writes, per model, this rank's final weights - the temporary chain included, read before train() detaches it - to
+`<output_dir>/<model>_rank<rank>.safetensors`, and how often each encoder layer ran to `<model>_rank<rank>.json`
+(LayerDrop must have skipped some, or the test proves nothing about unused parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+
+import safetensors.torch
+import torch
+from conftest import text_dataset, tiny_model
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+
+WAVEFORM_SAMPLES = 1600
+
+
+def audio_dataset(size: int = 16, seed: int = 0) -> Dataset:
+    """Random waveforms, half of them padded (attention mask 0 over the tail), with a loudness-derived label."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(size, 1, generator=generator) * 2
+    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator) * scale
+    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
+    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
+    waves = waves * mask
+    labels = (scale.view(-1) * 1.5).long().clamp(max=2)
+    return Dataset.from_dict(
+        {"input_values": waves.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
+    )
+
+
+class SaveFinalWeights(TrainerCallback):
+    """Writes the model's state dict, with `spg_chain.*` still attached, when training ends."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+        safetensors.torch.save_file(tensors, self.path)
+
+
+def count_calls(layers: torch.nn.ModuleList) -> list[int]:
+    """A list, updated in place, of how many times each layer has run its forward."""
+    calls = [0] * len(layers)
+
+    def count(index: int, module: torch.nn.Module, args: tuple) -> None:
+        calls[index] += 1
+
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(functools.partial(count, index))
+    return calls
+
+
+def train(name: str, output_dir: str) -> None:
+    if name == "bert":
+        model, dataset = tiny_model("BertForSequenceClassification"), text_dataset(size=32)
+    else:
+        model = tiny_model("Wav2Vec2ForSequenceClassification", layerdrop=0.5, num_labels=3)
+        dataset = audio_dataset()
+    rank = int(os.environ["RANK"])
+    args = SPGTrainingArguments(
+        os.path.join(output_dir, name),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    layer_calls = count_calls(model.base_model.encoder.layer if name == "bert" else model.base_model.encoder.layers)
+    path = os.path.join(output_dir, f"{name}_rank{rank}")
+    trainer = SPGTrainer(
+        model=model, args=args, train_dataset=dataset, callbacks=[SaveFinalWeights(path + ".safetensors")]
+    )
+    trainer.train()
+    with open(path + ".json", "w") as file:
+        json.dump({"layer_calls": layer_calls, "steps": trainer.state.global_step}, file)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--models", nargs="+", choices=["bert", "wav2vec2"], default=["bert", "wav2vec2"])
+    cli = parser.parse_args()
+    for name in cli.models:
+        train(name, cli.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""SPGTrainer under DDP: 2 CPU processes on gloo, launched with torchrun (tests/ddp_train_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+WORKER = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
+MODELS = ["bert", "wav2vec2"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> str:
+    """Runs both models once in one 2-process launch (process start-up dominates the cost)."""
+    output_dir = str(tmp_path_factory.mktemp("ddp"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run(
+        [*command, "--output_dir", output_dir], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"DDP workers failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return output_dir
+
+
+def rank_results(output_dir: str, name: str) -> list[tuple[dict[str, torch.Tensor], dict]]:
+    results = []
+    for rank in range(2):
+        path = os.path.join(output_dir, f"{name}_rank{rank}")
+        with open(path + ".json") as file:
+            results.append((safetensors.torch.load_file(path + ".safetensors"), json.load(file)))
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_ddp_ranks_end_with_identical_weights(ddp_run, name):
+    (weights_0, info_0), (weights_1, info_1) = rank_results(ddp_run, name)
+    assert info_0["steps"] == info_1["steps"] == 4
+    assert weights_0.keys() == weights_1.keys()
+    chain_names = [key for key in weights_0 if key.startswith("spg_chain.")]
+    # 3 modules, each a D x D weight and a D bias.
+    assert len(chain_names) == 6
+    differing = [key for key in weights_0 if not torch.equal(weights_0[key], weights_1[key])]
+    assert differing == []
+    for key in chain_names:
+        assert weights_0[key].abs().max() > 0, f"{key} never left its zero initialisation"
+
+
+@pytest.mark.slow
+def test_ddp_layerdrop_skipped_layers(ddp_run):
+    # Otherwise the Wav2Vec2 run would not exercise parameters unused in some steps.
+    for _, info in rank_results(ddp_run, "wav2vec2"):
+        assert min(info["layer_calls"]) < info["steps"]
