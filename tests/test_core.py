@@ -1,0 +1,500 @@
+"""SPG loss, chain, registry, saving, resuming and argument checks (issue 2, tests 1-6, 9, 10)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+from conftest import TINY_CONFIGS, no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.heads import SHARED_HEADS
+from spg_hf.spg import per_example_terms, spg_loss
+from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
+
+WEIGHTS = [0.4, 0.2, 0.1]
+
+
+def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
+    defaults = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=7,
+        disable_tqdm=True,
+    )
+    return SPGTrainingArguments(**{**defaults, **overrides})
+
+
+class ChainAtEnd(TrainerCallback):
+    """Copies the temporary chain's weights at the end of training, before the trainer throws them away."""
+
+    def __init__(self) -> None:
+        self.state_dict: dict[str, torch.Tensor] = {}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.state_dict = {k: v.detach().clone() for k, v in model.spg_chain.state_dict().items()}
+
+
+# ---- 1. the loss against a hand computation ----
+
+
+def cross_entropy(logits: list[float], label: int) -> float:
+    return math.log(sum(math.exp(x) for x in logits)) - logits[label]
+
+
+def test_classification_loss_matches_hand_computation():
+    labels = [0, 1, 0, 1]
+    base = [[2.0, 0.0], [0.0, 3.0], [0.0, 1.0], [1.0, 0.0]]  # correct: 1 1 0 0
+    modules = [
+        [[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.5]],  # correct: 1 0 1 1 -> survivors after: example 0
+        [[0.0, 1.0], [2.0, 0.0], [3.0, 0.0], [0.0, 1.0]],  # correct: 0 0 1 1 -> survivors after: none
+        [[0.5, 0.0], [0.0, 0.5], [0.2, 0.1], [0.3, 0.3]],
+    ]
+    ce = [[cross_entropy(row, y) for row, y in zip(rows, labels, strict=True)] for rows in [base, *modules]]
+    base_loss = sum(ce[0]) / 4
+    expected = {
+        "survivors": base_loss + 0.4 * (ce[1][0] + ce[1][1]) / 2 + 0.2 * ce[2][0] / 1 + 0.1 * 0.0,
+        "batch": base_loss + 0.4 * (ce[1][0] + ce[1][1]) / 4 + 0.2 * ce[2][0] / 4 + 0.1 * 0.0,
+    }
+    target = torch.tensor(labels)
+    base_terms = per_example_terms("classification", torch.tensor(base), target, 0.5)
+    module_terms = [per_example_terms("classification", torch.tensor(m), target, 0.5) for m in modules]
+    assert base_terms[1].tolist() == [True, True, False, False]
+    for normalize, value in expected.items():
+        result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, normalize)
+        assert result.loss.item() == pytest.approx(value, rel=1e-6)
+        assert result.survival.tolist() == pytest.approx([0.5, 0.25, 0.0])
+    survivors = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "survivors")
+    assert survivors.module_losses.tolist() == pytest.approx([(ce[1][0] + ce[1][1]) / 2, ce[2][0], 0.0], rel=1e-6)
+
+
+def test_regression_loss_matches_hand_computation():
+    labels = [1.2, 3.0, 3.4]
+    base = [1.0, 2.0, 3.0]  # |error| 0.2 1.0 0.4 -> correct 1 0 1 at tolerance 0.5
+    # module 1 correct: 1 1 0 -> survivors: example 0; module 2 correct: 1 0 0 -> survivors: example 0
+    modules = [[1.5, 3.0, 4.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    se = [[(p - y) ** 2 for p, y in zip(preds, labels, strict=True)] for preds in [base, *modules]]
+    base_loss = sum(se[0]) / 3
+    expected = {
+        "survivors": base_loss + 0.4 * (se[1][0] + se[1][2]) / 2 + 0.2 * se[2][0] / 1 + 0.1 * se[3][0] / 1,
+        "batch": base_loss + 0.4 * (se[1][0] + se[1][2]) / 3 + 0.2 * se[2][0] / 3 + 0.1 * se[3][0] / 3,
+    }
+    target = torch.tensor(labels)
+    base_terms = per_example_terms("regression", torch.tensor(base).unsqueeze(-1), target, 0.5)
+    module_terms = [per_example_terms("regression", torch.tensor(m).unsqueeze(-1), target, 0.5) for m in modules]
+    assert base_terms[1].tolist() == [True, False, True]
+    for normalize, value in expected.items():
+        result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, normalize)
+        assert result.loss.item() == pytest.approx(value, rel=1e-6)
+
+
+def test_question_answering_loss_matches_hand_computation():
+    starts, ends = [1, 2], [2, 3]
+
+    def span(start_rows, end_rows):
+        return torch.tensor(start_rows), torch.tensor(end_rows)
+
+    base = span([[0, 3, 0, 0], [0, 0, 2, 0]], [[0, 0, 1, 0], [0, 0, 0, 1]])  # both right for both examples
+    modules = [
+        span([[0, 1, 0, 0], [0, 0, 1, 0]], [[0, 0, 1, 0], [1, 0, 0, 0]]),  # example 1 end wrong
+        span([[0, 0, 1, 0], [0, 0, 1, 0]], [[0, 0, 1, 0], [0, 0, 0, 1]]),  # example 0 start wrong
+        span([[1, 0, 0, 0], [1, 0, 0, 0]], [[1, 0, 0, 0], [1, 0, 0, 0]]),
+    ]
+
+    def ce(logits, i):
+        start_logits, end_logits = logits
+        return (cross_entropy(start_logits[i].tolist(), starts[i]) + cross_entropy(end_logits[i].tolist(), ends[i])) / 2
+
+    base_loss = (ce(base, 0) + ce(base, 1)) / 2
+    expected = base_loss + 0.4 * (ce(modules[0], 0) + ce(modules[0], 1)) / 2 + 0.2 * ce(modules[1], 0) / 1
+    targets = (torch.tensor(starts), torch.tensor(ends))
+    base_terms = per_example_terms("question_answering", base, targets, 0.5)
+    module_terms = [per_example_terms("question_answering", m, targets, 0.5) for m in modules]
+    assert base_terms[1].tolist() == [True, True]
+    assert module_terms[0][1].tolist() == [True, False]
+    result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "survivors")
+    assert result.loss.item() == pytest.approx(expected, rel=1e-6)
+    batch_expected = base_loss + 0.4 * (ce(modules[0], 0) + ce(modules[0], 1)) / 2 + 0.2 * ce(modules[1], 0) / 2
+    result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "batch")
+    assert result.loss.item() == pytest.approx(batch_expected, rel=1e-6)
+
+
+def test_loss_normalization_factor():
+    base_loss = torch.tensor(0.7)
+    terms = [(torch.tensor([1.0, 2.0]), torch.tensor([True, True]))]
+    plain = spg_loss(base_loss, torch.tensor([True, False]), terms, [0.5], "batch").loss
+    scaled = spg_loss(base_loss, torch.tensor([True, False]), terms, [0.5], "batch", loss_normalization=True).loss
+    assert scaled.item() == pytest.approx(plain.item() * math.exp(0.7 - plain.item()), rel=1e-6)
+
+
+def test_trainer_loss_equals_formula_on_model_logits(output_dir):
+    """Through SPGTrainer.compute_loss: with no dropout the zero-initialised chain reproduces the base logits,
+    so the loss is CE_0 + sum_t lambda_t * (survivors' mean CE_0) from the model's own logits."""
+    model = tiny_bert(**no_dropout())
+    batch = text_dataset(size=8)[:8]
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    trainer = SPGTrainer(model=model, args=training_args(output_dir, spg_dropout=0.0), train_dataset=text_dataset())
+    trainer._hp_search_setup(None)  # attaches the chain as train() does
+    model.train()
+    loss = trainer.compute_loss(model, inputs)
+    with torch.no_grad():
+        logits = model(input_ids=inputs["input_ids"]).logits
+    ce = torch.nn.functional.cross_entropy(logits, inputs["labels"], reduction="none")
+    correct = (logits.argmax(-1) == inputs["labels"]).float()
+    survivors_mean = (ce * correct).sum() / (correct.sum() + 1e-8)
+    expected = ce.mean() + sum(WEIGHTS) * survivors_mean
+    assert correct.sum() > 0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---- 2. the zero-initialised layers learn, except with the reference's ReLU ----
+
+
+@pytest.mark.parametrize("activation,changes", [("none", True), ("relu", False)])
+def test_chain_changes_after_one_step(output_dir, activation, changes):
+    chain = ChainAtEnd()
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=training_args(output_dir, max_steps=1, spg_activation=activation),
+        train_dataset=text_dataset(),
+        callbacks=[chain],
+    )
+    trainer.train()
+    weights = [v for k, v in chain.state_dict.items() if k.endswith("weight")]
+    assert len(weights) == 3
+    assert all(bool(w.abs().sum() > 0) == changes for w in weights)
+
+
+# ---- 3. spg_enabled=False is Trainer ----
+
+
+def test_disabled_spg_matches_trainer_step_for_step(tmp_path):
+    common = dict(
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=6,
+        seed=3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    plain = Trainer(
+        model=tiny_bert(seed=1),
+        args=TrainingArguments(output_dir=str(tmp_path / "a"), **common),
+        train_dataset=text_dataset(),
+    )
+    plain.train()
+    spg = SPGTrainer(
+        model=tiny_bert(seed=1),
+        args=training_args(str(tmp_path / "b"), spg_enabled=False, max_steps=6, seed=3),
+        train_dataset=text_dataset(),
+    )
+    spg.train()
+    losses = [[log["loss"] for log in t.state.log_history if "loss" in log] for t in (plain, spg)]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), spg.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+# ---- 4. gradient accumulation gives the update of the larger batch ----
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    data = text_dataset(size=8)
+    updates = []
+    for batch_size, accumulation in [(8, 1), (4, 2), (2, 4)]:
+        model = tiny_bert(seed=2, **no_dropout())
+        start = {k: v.detach().clone() for k, v in model.named_parameters()}
+        chain = ChainAtEnd()
+        trainer = SPGTrainer(
+            model=model,
+            args=training_args(
+                str(tmp_path / f"ga{accumulation}"),
+                per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=accumulation,
+                max_steps=1,
+                optim="sgd",  # Adam's first step hides the scale of the gradient
+                learning_rate=0.5,
+                spg_dropout=0.0,
+                spg_normalize="batch",
+            ),
+            train_dataset=data,
+            callbacks=[chain],
+        )
+        trainer.train()
+        update = {k: v.detach() - start[k] for k, v in model.named_parameters()}
+        update.update({f"chain.{k}": v for k, v in chain.state_dict.items()})
+        updates.append(update)
+    assert max(v.abs().max() for v in updates[0].values()) > 1e-3
+    for other in updates[1:]:
+        for name, value in updates[0].items():
+            torch.testing.assert_close(other[name], value, atol=1e-5, rtol=0, msg=name)
+
+
+# ---- 5. saved folders hold only the base model ----
+
+
+def test_saved_model_loads_into_plain_class(output_dir):
+    model = tiny_bert()
+    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset())
+    trainer.train()
+    trainer.save_model(output_dir)
+    saved = safetensors.torch.load_file(os.path.join(output_dir, "model.safetensors"))
+    assert not [k for k in saved if "spg" in k]
+    loaded, info = AutoModelForSequenceClassification.from_pretrained(output_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    inputs = torch.tensor(text_dataset(size=4)["input_ids"])
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=inputs).logits, model(input_ids=inputs).logits)
+    assert not hasattr(model, "spg_chain")
+
+
+def test_evaluation_and_prediction_equal_plain_trainer(output_dir):
+    model = tiny_bert()
+    eval_data = text_dataset(size=16, seed=5)
+    spg = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset(), eval_dataset=eval_data)
+    spg.train()
+    plain = Trainer(model=model, args=TrainingArguments(output_dir=output_dir, report_to="none", use_cpu=True))
+    spg_prediction, plain_prediction = spg.predict(eval_data), plain.predict(eval_data)
+    assert torch.equal(torch.tensor(spg_prediction.predictions), torch.tensor(plain_prediction.predictions))
+    assert spg_prediction.metrics["test_loss"] == plain_prediction.metrics["test_loss"]
+
+
+def test_checkpoints_carry_the_temporary_weights(output_dir):
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=training_args(output_dir, save_strategy="steps", save_steps=2),
+        train_dataset=text_dataset(),
+    )
+    trainer.train()
+    chain = safetensors.torch.load_file(os.path.join(output_dir, "checkpoint-2", SPG_WEIGHTS_NAME))
+    assert sorted(chain) == [f"replicas.{t}.{p}" for t in range(3) for p in ("bias", "weight")]
+    model_file = safetensors.torch.load_file(os.path.join(output_dir, "checkpoint-2", "model.safetensors"))
+    assert not [k for k in model_file if "spg" in k]
+
+
+# ---- 6. resuming restores the chain and its optimizer state ----
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    def run(output_dir: str, resume: str | None = None):
+        chain = ChainAtEnd()
+        trainer = SPGTrainer(
+            model=tiny_bert(seed=4),
+            args=training_args(
+                output_dir, max_steps=8, per_device_train_batch_size=4, save_strategy="steps", save_steps=4
+            ),
+            train_dataset=text_dataset(size=24),
+            callbacks=[chain],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        losses = {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+        return trainer.model, chain.state_dict, losses
+
+    full_model, full_chain, full_losses = run(str(tmp_path / "full"))
+    resumed_model, resumed_chain, resumed_losses = run(
+        str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "checkpoint-4")
+    )
+    # Steps 1-4 come back with the checkpoint's trainer state; steps 5-8 are trained after resuming.
+    assert sorted(resumed_losses) == list(range(1, 9))
+    assert resumed_losses == full_losses
+    for (name, a), (_, b) in zip(full_model.named_parameters(), resumed_model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(torch.equal(full_chain[k], resumed_chain[k]) for k in full_chain)
+
+
+def test_resuming_a_plain_checkpoint_with_spg_is_refused(tmp_path):
+    SPGTrainer(
+        model=tiny_bert(),
+        args=training_args(str(tmp_path / "plain"), spg_enabled=False, save_strategy="steps", save_steps=2),
+        train_dataset=text_dataset(),
+    ).train()
+    trainer = SPGTrainer(model=tiny_bert(), args=training_args(str(tmp_path / "spg")), train_dataset=text_dataset())
+    with pytest.raises(ValueError, match=SPG_WEIGHTS_NAME):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-2"))
+
+
+# ---- logging ----
+
+
+def test_survival_and_module_losses_are_logged(output_dir):
+    trainer = SPGTrainer(
+        model=tiny_bert(), args=training_args(output_dir, logging_steps=2), train_dataset=text_dataset()
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2
+    for log in logs:
+        for t in (1, 2, 3):
+            assert 0.0 <= log[f"spg/survival_{t}"] <= 1.0
+            assert log[f"spg/loss_{t}"] >= 0.0
+        assert log["spg/survival_1"] >= log["spg/survival_2"] >= log["spg/survival_3"]
+
+
+# ---- 9. every shared head reproduces its model's own head ----
+
+
+def capture_head_input(model, inputs, pooled: bool = False):
+    entry = SHARED_HEADS[type(model).__name__]
+    captured = {}
+
+    def keep(hidden):
+        captured.setdefault("hidden", hidden)
+
+    if pooled or entry.head_input_module:
+        module = getattr(model, entry.pooled_classifier if pooled else entry.head_input_module)
+        handle = module.register_forward_pre_hook(lambda module, args: keep(args[0]))
+    else:
+        handle = model.base_model.register_forward_hook(lambda module, args, out: keep(out[0]))
+    with torch.no_grad():
+        outputs = model(**inputs)
+    handle.remove()
+    return entry, captured["hidden"], outputs
+
+
+def model_inputs(class_name: str) -> dict:
+    torch.manual_seed(0)
+    if "Wav2Vec2" in class_name or "Hubert" in class_name or "WavLM" in class_name:
+        attention_mask = torch.ones(3, 1600, dtype=torch.long)
+        attention_mask[1, 1000:] = 0
+        return {"input_values": torch.randn(3, 1600), "attention_mask": attention_mask}
+    attention_mask = torch.ones(3, 10, dtype=torch.long)
+    attention_mask[2, 7:] = 0
+    return {"input_ids": torch.randint(5, 99, (3, 10)), "attention_mask": attention_mask}
+
+
+def check_head(model, inputs, pooled: bool = False):
+    model.eval()
+    entry, hidden, outputs = capture_head_input(model, inputs, pooled)
+    with torch.no_grad():
+        if pooled:
+            logits = getattr(model, entry.pooled_classifier)(hidden)
+        else:
+            logits = entry.head(model, hidden, inputs)
+    if entry.task == "question_answering":
+        torch.testing.assert_close(logits[0], outputs.start_logits)
+        torch.testing.assert_close(logits[1], outputs.end_logits)
+    else:
+        torch.testing.assert_close(logits, outputs.logits)
+
+
+@pytest.mark.parametrize("class_name", sorted(SHARED_HEADS))
+def test_shared_head_reproduces_model_logits(class_name):
+    assert set(TINY_CONFIGS) == set(SHARED_HEADS)
+    num_labels = 2 if SHARED_HEADS[class_name].task == "question_answering" else 3
+    check_head(tiny_model(class_name, num_labels=num_labels), model_inputs(class_name))
+
+
+@pytest.mark.parametrize("class_name", ["Wav2Vec2ForSequenceClassification", "WavLMForSequenceClassification"])
+def test_audio_head_with_weighted_layer_sum(class_name):
+    check_head(tiny_model(class_name, use_weighted_layer_sum=True), model_inputs(class_name))
+
+
+@pytest.mark.parametrize("class_name", [n for n, e in SHARED_HEADS.items() if e.pooled_classifier])
+def test_pooled_attach_point_feeds_the_classifier(class_name):
+    check_head(tiny_model(class_name), model_inputs(class_name), pooled=True)
+
+
+@pytest.mark.parametrize(
+    "class_name,num_labels,dataset",
+    [
+        ("BertForSequenceClassification", 1, text_dataset(regression=True)),
+        ("DistilBertForQuestionAnswering", 2, qa_dataset()),
+        ("RobertaForSequenceClassification", 2, text_dataset()),
+    ],
+)
+def test_training_runs_for_regression_qa_and_other_models(output_dir, class_name, num_labels, dataset):
+    model = tiny_model(class_name, num_labels=num_labels)
+    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=dataset)
+    trainer.train()
+    log = next(log for log in trainer.state.log_history if "loss" in log)
+    assert math.isfinite(log["loss"]) and "spg/survival_3" in log
+
+
+def test_pooled_training_uses_classifier_width(output_dir):
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=training_args(output_dir, spg_attach="pooled", max_steps=1),
+        train_dataset=text_dataset(),
+        callbacks=[chain := ChainAtEnd()],
+    )
+    trainer.train()
+    assert chain.state_dict["replicas.0.weight"].shape == (32, 32)
+    assert chain.state_dict["replicas.0.weight"].abs().sum() > 0
+
+
+# ---- 10. bad settings are refused before training ----
+
+
+@pytest.mark.parametrize(
+    "overrides,argument",
+    [
+        (dict(spg_dropout=[0.1, 0.2]), "spg_dropout"),
+        (dict(spg_dropout=1.0), "spg_dropout"),
+        (dict(spg_dropout=-0.1), "spg_dropout"),
+        (dict(spg_weights=[0.4, -0.2, 0.1]), "spg_weights"),
+        (dict(spg_weights=[]), "spg_weights"),
+        (dict(spg_regression_tolerance=0.0), "spg_regression_tolerance"),
+        (dict(spg_regression_tolerance=-1.0), "spg_regression_tolerance"),
+        (dict(spg_attach="pooler"), "spg_attach"),
+        (dict(spg_activation="gelu"), "spg_activation"),
+        (dict(spg_normalize="mean"), "spg_normalize"),
+        (dict(cold_start_steps=-1), "cold_start_steps"),
+    ],
+)
+def test_bad_settings_name_the_argument(output_dir, overrides, argument):
+    with pytest.raises(ValueError, match=argument):
+        training_args(output_dir, **overrides)
+
+
+def test_pooled_attach_on_a_model_without_pooler_is_refused(output_dir):
+    with pytest.raises(ValueError, match="spg_attach"):
+        SPGTrainer(
+            model=tiny_model("RobertaForSequenceClassification"), args=training_args(output_dir, spg_attach="pooled")
+        )
+
+
+def test_unsupported_model_names_supported_classes(output_dir):
+    model = transformers.GPT2ForSequenceClassification(
+        transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=99, pad_token_id=0)
+    )
+    with pytest.raises(ValueError, match="BertForSequenceClassification"):
+        SPGTrainer(model=model, args=training_args(output_dir))
+    SPGTrainer(model=model, args=training_args(output_dir, spg_enabled=False))  # plain Trainer takes any model
+
+
+def test_trial_values_are_checked_when_training_starts(output_dir):
+    trainer = SPGTrainer(model=tiny_bert(), args=training_args(output_dir), train_dataset=text_dataset())
+    trainer.args.spg_dropout = [0.1, 0.2]  # as a hyperparameter-search trial would write it
+    with pytest.raises(ValueError, match="spg_dropout"):
+        trainer.train()
+
+
+def test_user_optimizer_is_refused(output_dir):
+    model = tiny_bert()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="optimizers"):
+        SPGTrainer(model=model, args=training_args(output_dir), optimizers=(optimizer, None))
+
+
+def test_cold_start_longer_than_training_is_refused(output_dir):
+    trainer = SPGTrainer(
+        model=tiny_bert(), args=training_args(output_dir, cold_start_steps=4), train_dataset=text_dataset()
+    )
+    with pytest.raises(ValueError, match="cold start"):
+        trainer.train()
