@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import datasets
 import transformers
+import yaml
 from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -121,23 +123,27 @@ def expand_path(value: str | None, argument: str) -> str | None:
 
 
 def parse_arguments(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse one YAML/JSON config path, or command-line flags, into the given dataclasses.
+    """Parse a YAML/JSON config path and/or command-line flags into the given dataclasses.
 
+    `script.py config.yaml --learning_rate 3e-5` reads the config, then lets the flags override it.
     Unknown config keys and unknown flags are errors that name them.
     """
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser(dataclass_types)
-    if len(argv) == 1 and argv[0].endswith(CONFIG_SUFFIXES):
-        config = Path(argv[0])
-        if not config.is_file():
-            raise FileNotFoundError(f"Config file not found: {config}")
-        parse = parser.parse_json_file if config.suffix == ".json" else parser.parse_yaml_file
-        try:
-            return parse(config.resolve())
-        except ValueError as error:
-            raise ValueError(f"{config}: {error}") from error
-        except TypeError as error:
-            raise ValueError(f"{config}: {error}") from error
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        config_path = Path(argv.pop(0))
+        if not config_path.is_file():
+            raise FileNotFoundError(f"Config file not found: {config_path}")
+        text = config_path.read_text(encoding="utf-8")
+        config = json.loads(text) if config_path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: expected a mapping of argument names to values.")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"{config_path}: unknown argument(s) {unknown}; see `--help` for the accepted names.")
+        # As defaults, config values go through argparse's type conversion (YAML reads 5e-5 as a string).
+        parser.set_defaults(**config)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -1,6 +1,6 @@
 """`SPGTrainer`: `transformers.Trainer` that fine-tunes with Sequential Policy Gradient.
 
-How it fits into Trainer (see docs/design.md for the measurements behind each choice):
+How it fits into Trainer (README "Inside Trainer" gives the reasons):
 - The TRP chain is registered as a submodule of the model (`model.spg_chain`) when training starts, so the optimizer,
   device placement, zero_grad, clipping and DDP include it; hyperparameter-search trials can change its settings.
 - It runs inside the model's forward: a hook on the module that feeds the head captures the hidden state (inside
