@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 
@@ -498,3 +499,18 @@ def test_cold_start_longer_than_training_is_refused(output_dir):
     )
     with pytest.raises(ValueError, match="cold start"):
         trainer.train()
+
+
+def test_spg_statistics_reach_tensorboard(output_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = SPGTrainer(
+        model=tiny_bert(), args=training_args(output_dir, report_to="tensorboard"), train_dataset=text_dataset()
+    )
+    trainer.train()
+    (events,) = glob.glob(os.path.join(output_dir, "runs", "*", "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    scalars = accumulator.Tags()["scalars"]
+    assert {f"train/spg/{name}_{t}" for name in ("survival", "loss") for t in (1, 2, 3)} <= set(scalars)
+    assert len(accumulator.Scalars("train/spg/survival_1")) == 4
