@@ -1,0 +1,217 @@
+"""SPGTrainer with Trainer features around it: bf16 autocast, hyperparameter search, torch.compile, cold start."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import optuna
+import pytest
+import torch
+from accelerate.utils import is_compiled_module
+from conftest import text_dataset, tiny_bert
+from transformers import TrainerCallback
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+
+
+def spg_args(output_dir: str, **overrides) -> SPGTrainingArguments:
+    settings = dict(
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    return SPGTrainingArguments(output_dir, **{**settings, **overrides})
+
+
+def losses(trainer: SPGTrainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def logged_learning_rates(trainer: SPGTrainer) -> list[float]:
+    return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+
+
+class ChainWatcher(TrainerCallback):
+    """Keeps the chain's state when training ends (train() removes the chain right after)."""
+
+    def __init__(self) -> None:
+        self.final_chain: dict[str, torch.Tensor] = {}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.final_chain = {name: tensor.detach().clone() for name, tensor in model.spg_chain.state_dict().items()}
+
+
+def assert_chain_trained(watcher: ChainWatcher) -> None:
+    assert set(watcher.final_chain) == {f"replicas.{t}.{p}" for t in range(3) for p in ("weight", "bias")}
+    for name, tensor in watcher.final_chain.items():
+        assert tensor.abs().max() > 0, f"{name} never left its zero initialisation"
+
+
+# ---- bf16 autocast ----
+
+
+class AutocastProbe(ChainWatcher):
+    """Records, for each call of the first chain module, whether CPU autocast to bf16 was active and the dtype its
+    linear map computes in. (Its output is float32 all the same: the residual adds the float32 LayerNorm output, as
+    in BERT's own layers.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, torch.dtype]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.spg_chain.replicas[0].register_forward_hook(self.record)
+
+    def record(self, module, args, output):
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        linear_dtype = torch.nn.functional.linear(args[0], module.weight, module.bias).dtype
+        self.calls.append((autocast, linear_dtype))
+
+
+def test_bf16_chain_runs_under_autocast(output_dir):
+    probe = AutocastProbe()
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=spg_args(output_dir, bf16=True, max_steps=3),
+        train_dataset=text_dataset(),
+        callbacks=[probe],
+    )
+    trainer.train()
+    assert probe.calls == [(True, torch.bfloat16)] * 3
+    logged = losses(trainer)
+    assert len(logged) == 3 and all(math.isfinite(loss) for loss in logged)
+    assert_chain_trained(probe)
+
+
+# ---- hyperparameter search ----
+
+
+class DropoutRecorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.trials: list[tuple[float, list[float]]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.trials.append((args.spg_dropout, [replica.dropout.p for replica in model.spg_chain.replicas]))
+
+
+def test_optuna_search_builds_each_trials_chain(output_dir):
+    recorder = DropoutRecorder()
+    trainer = SPGTrainer(
+        model_init=lambda: tiny_bert(),
+        args=spg_args(output_dir, max_steps=2),
+        train_dataset=text_dataset(size=16),
+        eval_dataset=text_dataset(size=8, seed=1),
+        callbacks=[recorder],
+    )
+    best = trainer.hyperparameter_search(
+        hp_space=lambda trial: {"spg_dropout": trial.suggest_categorical("spg_dropout", [0.1, 0.3])},
+        backend="optuna",
+        n_trials=2,
+        direction="minimize",
+        sampler=optuna.samplers.GridSampler({"spg_dropout": [0.1, 0.3]}, seed=0),
+    )
+    assert sorted(recorder.trials) == [(0.1, [0.1] * 3), (0.3, [0.3] * 3)]
+    assert best.hyperparameters["spg_dropout"] in (0.1, 0.3)
+    assert math.isfinite(best.objective)
+
+
+# ---- torch.compile ----
+
+
+@pytest.mark.slow
+def test_torch_compile_aot_eager_trains(output_dir):
+    watcher = ChainWatcher()
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=spg_args(output_dir, max_steps=3, torch_compile=True, torch_compile_backend="aot_eager"),
+        train_dataset=text_dataset(),
+        callbacks=[watcher],
+    )
+    trainer.train()
+    logged = losses(trainer)
+    assert len(logged) == 3 and all(math.isfinite(loss) for loss in logged)
+    assert any(key.startswith("spg/survival_") for key in trainer.state.log_history[0])
+    assert is_compiled_module(trainer.model_wrapped)
+    assert_chain_trained(watcher)
+
+
+# ---- optimizer cold start ----
+
+
+class WeightSnapshots(ChainWatcher):
+    """All weights (model and chain) before the first step and after every optimizer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_step: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(self, state, model) -> None:
+        self.by_step[state.global_step] = {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.snapshot(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.snapshot(state, model)
+
+
+def same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.parametrize(
+    "cold_start", [dict(cold_start_steps=3, max_steps=8), dict(cold_start_epochs=1, num_train_epochs=3)]
+)
+def test_cold_start_holds_weights_then_runs_full_schedule(output_dir, cold_start):
+    # 24 examples in batches of 8: 3 optimizer steps per epoch, so both settings give a 3-step cold start.
+    snapshots = WeightSnapshots()
+    learning_rate = 1e-2
+    trainer = SPGTrainer(
+        model=tiny_bert(),
+        args=spg_args(output_dir, learning_rate=learning_rate, lr_scheduler_type="linear", **cold_start),
+        train_dataset=text_dataset(size=24),
+        callbacks=[snapshots],
+    )
+    trainer.train()
+    total = trainer.state.global_step
+    assert total == trainer.state.max_steps == (8 if "max_steps" in cold_start else 9)
+    assert any(name.startswith("spg_chain.") for name in snapshots.by_step[0])
+    for step in (1, 2, 3):
+        assert same_weights(snapshots.by_step[step], snapshots.by_step[0]), f"weights moved at cold step {step}"
+    assert not same_weights(snapshots.by_step[4], snapshots.by_step[0])
+    assert_chain_trained(snapshots)
+
+    # The linear schedule is built for the remaining steps: full rate right after the cold start, 0 after the last.
+    remaining = total - 3
+    expected = [0.0] * 3 + [learning_rate * (remaining - k) / remaining for k in range(remaining)]
+    assert logged_learning_rates(trainer) == pytest.approx(expected, rel=1e-6, abs=0)
+    assert logged_learning_rates(trainer)[:3] == [0.0, 0.0, 0.0]
+    assert trainer.lr_scheduler.get_last_lr() == [0.0, 0.0]  # both parameter groups (with and without decay)
+
+
+def test_resume_inside_cold_start_matches_uninterrupted_run(output_dir):
+    def run(resume_from_checkpoint: str | None) -> tuple[SPGTrainer, ChainWatcher]:
+        snapshots = WeightSnapshots()
+        trainer = SPGTrainer(
+            model=tiny_bert(),
+            args=spg_args(output_dir, cold_start_steps=3, max_steps=8, save_strategy="steps", save_steps=2),
+            train_dataset=text_dataset(size=24),
+            callbacks=[snapshots],
+        )
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return trainer, snapshots
+
+    uninterrupted, full_snapshots = run(None)
+    resumed, resumed_snapshots = run(os.path.join(output_dir, "checkpoint-2"))
+    # The resumed history starts with the checkpoint's own entries for steps 1-2.
+    assert sorted(resumed_snapshots.by_step) == [2, 3, 4, 5, 6, 7, 8]
+    assert logged_learning_rates(resumed) == logged_learning_rates(uninterrupted)
+    assert logged_learning_rates(resumed)[:3] == [0.0, 0.0, 0.0]
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
+    assert same_weights(resumed_snapshots.by_step[3], full_snapshots.by_step[0])
+    assert same_weights(resumed_snapshots.by_step[8], full_snapshots.by_step[8])
