@@ -1,0 +1,82 @@
+"""Fine-tune a model for extractive question answering (SQuAD v1.1 / v2.0) with SPG: HF's run_qa.py on SPGTrainer.
+
+    python run_qa_spg.py configs/qa/squad_bert_base_spg.yaml
+    python run_qa_spg.py --model_name_or_path bert-base-uncased --dataset_name rajpurkar/squad \
+        --do_train --do_eval --output_dir outputs/squad
+
+Arguments: spg_hf.cli.ModelArguments, spg_hf.qa.DataTrainingArguments and SPGTrainingArguments (`--help` lists them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.qa import (
+    DataTrainingArguments,
+    evaluate_squad,
+    load_model_and_tokenizer,
+    load_squad_datasets,
+    tokenize_dataset,
+)
+
+logger = logging.getLogger("spg_hf")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_arguments(
+        (ModelArguments, DataTrainingArguments, SPGTrainingArguments), argv
+    )
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    last_checkpoint = prepare_output_dir(training_args)
+    set_seed(training_args.seed)
+
+    # Everything that can be wrong with the data or the model is found here, before training starts.
+    raw_datasets = load_squad_datasets(data_args, model_args, training_args.do_train, training_args.do_eval)
+    model, tokenizer = load_model_and_tokenizer(model_args, data_args)
+
+    with training_args.main_process_first(desc="tokenizing"):
+        if training_args.do_train:
+            train_dataset = tokenize_dataset(raw_datasets["train"], data_args, tokenizer, train=True)
+        if training_args.do_eval:
+            eval_examples = raw_datasets["validation"]
+            eval_features = tokenize_dataset(eval_examples, data_args, tokenizer, train=False)
+
+    if data_args.pad_to_max_length:
+        data_collator = default_data_collator
+    else:
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
+
+    trainer = SPGTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset if training_args.do_train else None,
+        data_collator=data_collator,
+        processing_class=tokenizer,
+    )
+
+    metrics = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        trainer.save_model()  # model and tokenizer, without SPG's temporary modules
+        train_metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics |= train_metrics
+
+    if training_args.do_eval:
+        # Logits for every window, then answers per question, EM / F1 and output_dir/eval_predictions.json.
+        eval_metrics = evaluate_squad(trainer, eval_examples, eval_features, data_args)
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics |= eval_metrics
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
