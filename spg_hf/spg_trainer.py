@@ -205,6 +205,10 @@ class SPGTrainer(Trainer):
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             self._spg_run = SPGChainRun(self.model, self.args)
+            # Bug fix (found by the integration tests): on a second train() call Trainer reuses the optimizer the
+            # first call built, which holds the previous, detached chain; the new chain would never be updated.
+            # User optimizers are refused above, so this one is always Trainer's own: let it build a fresh one.
+            self.optimizer = None
             logger.info(
                 f"SPG: {len(self.args.spg_weights)} temporary modules ({self.args.spg_attach}, "
                 f"{sum(p.numel() for p in self._spg_run.chain.parameters()):,} parameters), "

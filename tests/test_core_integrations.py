@@ -215,3 +215,19 @@ def test_resume_inside_cold_start_matches_uninterrupted_run(output_dir):
     assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
     assert same_weights(resumed_snapshots.by_step[3], full_snapshots.by_step[0])
     assert same_weights(resumed_snapshots.by_step[8], full_snapshots.by_step[8])
+
+
+# ---- repeated train() calls ----
+
+
+def test_second_train_call_trains_its_new_chain(output_dir):
+    watcher = ChainWatcher()
+    trainer = SPGTrainer(
+        model=tiny_bert(), args=spg_args(output_dir, max_steps=3), train_dataset=text_dataset(), callbacks=[watcher]
+    )
+    trainer.train()
+    first_chain = watcher.final_chain
+    trainer.train()
+    # Each call starts a fresh zero chain; the second one must reach the optimizer too.
+    assert_chain_trained(watcher)
+    assert not same_weights(watcher.final_chain, first_chain)
