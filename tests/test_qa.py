@@ -92,13 +92,15 @@ def write_config(tmp_path: Path, **settings) -> str:
 # End to end
 
 
-def test_run_qa_spg_end_to_end_on_two_real_articles(tmp_path, two_articles):
+@pytest.mark.parametrize("pad_to_max_length", [True, False])
+def test_run_qa_spg_end_to_end_on_two_real_articles(tmp_path, two_articles, pad_to_max_length):
     config = write_config(
         tmp_path,
         train_file=str(two_articles),
         split_by_article_eval_fraction=0.5,
         max_train_samples=24,
         max_eval_samples=12,
+        pad_to_max_length=pad_to_max_length,
     )
     metrics = load_script().main([config])
 
