@@ -1,0 +1,81 @@
+"""Fine-tune an audio classifier (Wav2Vec2 / HuBERT / WavLM) with Sequential Policy Gradient.
+
+The counterpart of HF's examples/pytorch/audio-classification/run_audio_classification.py, trained with SPGTrainer.
+Audio comes from the hub (dataset_name) or from a local folder of clips (data_dir); see spg_hf/audio.py.
+
+    python run_audio_spg.py configs/audio/fsdd_wav2vec2_tiny_cpu.yaml
+    python run_audio_spg.py --model_name_or_path facebook/wav2vec2-base --dataset_name superb \\
+        --dataset_config_name ks --output_dir out --do_train --do_eval --max_length_seconds 1
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import set_seed
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.audio import (
+    EVAL,
+    TRAIN,
+    AudioModelArguments,
+    DataTrainingArguments,
+    compute_accuracy,
+    load_feature_extractor,
+    load_model,
+    prepare_datasets,
+)
+from spg_hf.cli import parse_arguments, prepare_output_dir, setup_logging
+
+logger = logging.getLogger("spg_hf")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_arguments(
+        (AudioModelArguments, DataTrainingArguments, SPGTrainingArguments), argv
+    )
+    setup_logging(training_args)
+    # The transforms read the raw audio column, which Trainer would otherwise drop as unknown to the model.
+    training_args.remove_unused_columns = False
+    last_checkpoint = prepare_output_dir(training_args)
+    set_seed(training_args.seed)
+
+    feature_extractor = load_feature_extractor(model_args)
+    raw_datasets, label_list = prepare_datasets(data_args, model_args, training_args, feature_extractor)
+    model = load_model(model_args, label_list)
+
+    trainer = SPGTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=raw_datasets.get(TRAIN),
+        eval_dataset=raw_datasets.get(EVAL),
+        compute_metrics=compute_accuracy,
+        processing_class=feature_extractor,
+    )
+
+    metrics = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        metrics.update(train_result.metrics)
+
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    trainer.create_model_card(
+        finetuned_from=model_args.model_name_or_path,
+        tasks="audio-classification",
+        dataset=data_args.dataset_name or data_args.data_dir,
+        tags=["audio-classification", "spg"],
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
