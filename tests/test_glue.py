@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, EvalPrediction
 
 from spg_hf import SPGTrainingArguments, glue
@@ -305,13 +306,13 @@ def test_data_dir_defaults_to_glue_dir_and_else_the_hub(tmp_path, monkeypatch, g
 
     def fake_load_dataset(path, name, **kwargs):
         calls.append((path, name))
-        return {"train": "TRAIN", "validation": "DEV", "test": "TEST"}
+        splits = ["train", "validation", "test"]
+        return DatasetDict({split: Dataset.from_dict({"n": [i]}) for i, split in enumerate(splits)})
 
     monkeypatch.setattr(glue, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr(glue, "DatasetDict", dict)
     datasets, task = load(data_args(task_name="rte"), tmp_path / "out")
     assert calls == [("nyu-mll/glue", "rte")]
-    assert datasets == {"train": "TRAIN", "validation": "DEV"}
+    assert {split: dataset["n"][0] for split, dataset in datasets.items()} == {"train": 0, "validation": 1}
 
 
 def test_config_data_dir_expands_glue_dir(monkeypatch, glue_dir, tmp_path):
