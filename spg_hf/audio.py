@@ -402,13 +402,15 @@ def load_audio(audio: Any, sampling_rate: int) -> np.ndarray:
 
 def check_audio_readable(dataset: datasets.Dataset, audio_column: str, split: str) -> None:
     """Raise, naming the file, for the first clip soundfile cannot open or that holds no samples."""
-    for audio in dataset[audio_column]:
-        try:
-            info = soundfile.info(_open(audio))
-        except (soundfile.SoundFileError, OSError) as error:
-            raise ValueError(f"Cannot read audio {_describe(audio)} ({split} split): {error}") from error
-        if info.frames == 0:
-            raise ValueError(f"Audio {_describe(audio)} ({split} split) holds no samples.")
+    # In batches: a hub split's audio bytes can be larger than memory.
+    for batch in dataset.select_columns([audio_column]).iter(batch_size=1000):
+        for audio in batch[audio_column]:
+            try:
+                info = soundfile.info(_open(audio))
+            except (soundfile.SoundFileError, OSError) as error:
+                raise ValueError(f"Cannot read audio {_describe(audio)} ({split} split): {error}") from error
+            if info.frames == 0:
+                raise ValueError(f"Audio {_describe(audio)} ({split} split) holds no samples.")
 
 
 def random_crop(wav: np.ndarray, max_samples: int, rng: random.Random | None = None) -> np.ndarray:

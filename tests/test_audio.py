@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
+from datasets import Audio, ClassLabel, Dataset
 from transformers import AutoModelForAudioClassification, DataCollatorWithPadding
 
+from spg_hf import SPGTrainingArguments
 from spg_hf.audio import (
     AudioModelArguments,
     AudioTransform,
@@ -25,6 +27,7 @@ from spg_hf.audio import (
     load_feature_extractor,
     load_local_datasets,
     load_model,
+    prepare_datasets,
     random_crop,
     resample,
     speaker_of,
@@ -200,6 +203,44 @@ def test_fsdd_index_split_and_list_file_split(tmp_path):
     list_file.write_text("\n".join(listed) + "\n\n")
     train, evaluation = split_files(files, data_args(eval_list_file=str(list_file)))
     assert [str(file) for file in evaluation] == sorted(listed) and len(train) == 2998
+
+
+def hub_style_folder(root: Path, labels: list, class_names: list[str] | None) -> Path:
+    """Parquet train/validation splits shaped like a hub audio dataset: an Audio column holding wav bytes."""
+    clips = [write_tone(root / "wavs" / f"clip{i}.wav", seconds=0.5 + 0.5 * i) for i in range(len(labels))]
+    dataset = Dataset.from_dict(
+        {"audio": [{"bytes": clip.read_bytes(), "path": clip.name} for clip in clips], "label": labels}
+    ).cast_column("audio", Audio())
+    if class_names is not None:
+        dataset = dataset.cast_column("label", ClassLabel(names=class_names))
+    for split in ("train", "validation"):
+        dataset.to_parquet(str(root / "data" / f"{split}.parquet"))
+    return root / "data"
+
+
+@pytest.mark.parametrize(
+    ("labels", "class_names", "expected"),
+    [([1, 0, 1], ["down", "up"], ["down", "up"]), (["up", "down", "up"], None, ["down", "up"])],
+)
+def test_hub_style_dataset_is_decoded_from_bytes(tmp_path, labels, class_names, expected):
+    folder = hub_style_folder(tmp_path, labels, class_names)
+    extractor = load_feature_extractor(AudioModelArguments(config_name=str(TINY_WAV2VEC2)))
+    training_args = SPGTrainingArguments(output_dir=str(tmp_path / "out"), do_train=True, do_eval=True)
+    data = DataTrainingArguments(dataset_name=str(folder), max_length_seconds=0.75)
+    splits, label_list = prepare_datasets(
+        data, AudioModelArguments(config_name=str(TINY_WAV2VEC2)), training_args, extractor
+    )
+    assert label_list == expected
+    assert [len(row["input_values"]) for row in splits["eval"]] == [8000, 16000, 24000]
+    assert [len(row["input_values"]) for row in splits["train"]] == [8000, 12000, 12000]
+    assert [row["labels"] for row in splits["eval"]] == [1, 0, 1]
+    with pytest.raises(ValueError, match="label_column_name='digit' is not a column of .* split 'train'"):
+        prepare_datasets(
+            DataTrainingArguments(dataset_name=str(folder), label_column_name="digit"),
+            AudioModelArguments(config_name=str(TINY_WAV2VEC2)),
+            training_args,
+            extractor,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
