@@ -506,6 +506,7 @@ def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, 
             continue
         with open(raw_path, "a") as raw:
             raw.write(json.dumps(row) + "\n")
+        write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
         walls.setdefault(run.task, []).append(row["wall_s"])
         all_walls = [wall for task_walls in walls.values() for wall in task_walls]
         # Tasks differ a lot in size: estimate each remaining run from its own task's runs when there are any.
@@ -618,7 +619,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra=extra,
     )
     failures = run_sweep(plan_runs(stages), settings, out, args.script, args.threads)
-    write_report(out)
     return 1 if failures else 0
 
 
