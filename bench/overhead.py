@@ -15,9 +15,10 @@ Peak memory:
   size would show the allocator's history rather than live tensors. Each method therefore runs once more in a fresh
   child process with MALLOC_MMAP_THRESHOLD_=65536: every allocation of 64 KiB or more (all activations) gets its
   own mapping that is returned to the system when freed, and the kernel's high-water mark of the resident size
-  (`ru_maxrss`) then follows live memory. Reported as the growth over the resident size just before train()
-  (gradients, optimizer state, activations: what training adds) and as the absolute peak (incl. the interpreter,
-  libraries and weights).
+  then follows live memory. The mark (VmHWM in /proc/self/status) is reset right before train(). (`ru_maxrss`
+  would not do: Linux carries the parent's resident size into a spawned child's.) Reported as the growth over the
+  resident size just before train() (gradients, optimizer state, activations: what training adds) and as the
+  absolute peak (incl. the interpreter, libraries and weights). Linux only.
 
 Example: python bench/overhead.py --steps 20 --warmup 2 --rounds 4 --batch-size 32 --seq-len 128 --device auto
 """
@@ -28,7 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
+import re
 import statistics
 import sys
 import tempfile
@@ -190,6 +191,16 @@ class MemoryPeak:
         self.growth = self.peak - self.before_train
 
 
+def reset_peak_resident_size() -> None:
+    with open("/proc/self/clear_refs", "w") as file:
+        file.write("5")  # "5": reset the peak resident size to the current one (Linux >= 4.0)
+
+
+def peak_resident_size() -> int:
+    with open("/proc/self/status") as file:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", file.read()).group(1)) * 1024
+
+
 def measure_memory(method: str, args: argparse.Namespace) -> MemoryPeak:
     """One short run (--warmup + 2 steps) of one method; in a fresh process when called for the CPU."""
     quiet(args.threads)
@@ -201,10 +212,10 @@ def measure_memory(method: str, args: argparse.Namespace) -> MemoryPeak:
             before = torch.cuda.memory_allocated()
             trainer.train()
             return MemoryPeak(before, torch.cuda.max_memory_allocated())
+        reset_peak_resident_size()
         before = psutil.Process().memory_info().rss
         trainer.train()
-        # ru_maxrss is in KiB on Linux.
-        return MemoryPeak(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return MemoryPeak(before, peak_resident_size())
 
 
 @contextmanager
@@ -260,7 +271,7 @@ def main() -> None:
         report["memory"] = {
             "measure": "torch.cuda.max_memory_allocated"
             if args.device == "cuda"
-            else "ru_maxrss of a fresh process, MALLOC_MMAP_THRESHOLD_=65536",
+            else "peak resident size (VmHWM) of a fresh process, MALLOC_MMAP_THRESHOLD_=65536",
             "bytes": {method: asdict(peak) for method, peak in peaks.items()},
             "growth_ratio_spg_over_plain": peaks["spg"].growth / peaks["plain"].growth,
             "peak_ratio_spg_over_plain": peaks["spg"].peak / peaks["plain"].peak,
