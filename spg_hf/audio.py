@@ -23,7 +23,6 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 from transformers import (
-    AutoConfig,
     AutoFeatureExtractor,
     AutoModelForAudioClassification,
     EvalPrediction,
@@ -527,27 +526,13 @@ def load_feature_extractor(model_args: AudioModelArguments) -> SequenceFeatureEx
 
 def load_model(model_args: AudioModelArguments, label_list: list[str]) -> PreTrainedModel:
     """AutoModelForAudioClassification: pre-trained weights, or random ones from config_name (+ config_overrides)."""
-    config = AutoConfig.from_pretrained(
-        model_args.config_name or model_args.model_name_or_path,
+    config = model_args.load_config(
         num_labels=len(label_list),
         label2id={name: index for index, name in enumerate(label_list)},
         id2label=dict(enumerate(label_list)),
         finetuning_task="audio-classification",
-        **model_args.hub_kwargs(),
     )
-    for key, value in model_args.parsed_config_overrides().items():
-        if not hasattr(config, key):
-            raise ValueError(f"config_overrides: {type(config).__name__} has no setting {key!r}.")
-        setattr(config, key, value)
-    if model_args.model_name_or_path is not None:
-        model = AutoModelForAudioClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **model_args.hub_kwargs(),
-        )
-    else:
-        model = AutoModelForAudioClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    model = model_args.load_model(AutoModelForAudioClassification, config)
     if model_args.freeze_feature_encoder:
         if not hasattr(model, "freeze_feature_encoder"):
             raise ValueError(f"freeze_feature_encoder: {type(model).__name__} has no feature encoder; set it to false.")

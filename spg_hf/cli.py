@@ -15,7 +15,7 @@ from typing import Any
 import datasets
 import transformers
 import yaml
-from transformers import HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser, PretrainedConfig, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger("spg_hf")
@@ -82,6 +82,29 @@ class ModelArguments:
                 raise ValueError(f"config_overrides: expected key=value, got {pair!r}.")
             overrides[key.strip()] = _parse_scalar(raw.strip())
         return overrides
+
+    def load_config(self, **config_kwargs: Any) -> PretrainedConfig:
+        """The config of config_name (else model_name_or_path), with config_kwargs and config_overrides applied."""
+        config = AutoConfig.from_pretrained(
+            self.config_name or self.model_name_or_path, **config_kwargs, **self.hub_kwargs()
+        )
+        overrides = self.parsed_config_overrides()
+        unknown = [key for key in overrides if not hasattr(config, key)]
+        if unknown:
+            raise ValueError(f"config_overrides: {unknown} are not settings of {type(config).__name__}.")
+        config.update(overrides)
+        return config
+
+    def load_model(self, auto_class: type, config: PretrainedConfig) -> PreTrainedModel:
+        """Pre-trained weights from model_name_or_path, or a randomly initialised model when only config_name is set."""
+        if self.model_name_or_path is None:
+            return auto_class.from_config(config, trust_remote_code=self.trust_remote_code)
+        return auto_class.from_pretrained(
+            self.model_name_or_path,
+            config=config,
+            ignore_mismatched_sizes=self.ignore_mismatched_sizes,
+            **self.hub_kwargs(),
+        )
 
 
 def _parse_scalar(raw: str) -> Any:

@@ -19,7 +19,6 @@ import datasets
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 from transformers import (
-    AutoConfig,
     AutoModelForQuestionAnswering,
     AutoTokenizer,
     PreTrainedModel,
@@ -292,22 +291,11 @@ def load_model_and_tokenizer(
 
     Also lowers max_seq_length to what the tokenizer supports, like HF's run_qa.py.
     """
-    hub_kwargs = model_args.hub_kwargs()
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **hub_kwargs)
-    config.update(model_args.parsed_config_overrides())
+    config = model_args.load_config()
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, use_fast=True, **hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, use_fast=True, **model_args.hub_kwargs())
     check_tokenizer(tokenizer, tokenizer_name, data_args)
-    if model_args.model_name_or_path is None:
-        model = AutoModelForQuestionAnswering.from_config(config, trust_remote_code=model_args.trust_remote_code)
-    else:
-        model = AutoModelForQuestionAnswering.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **hub_kwargs,
-        )
-    return model, tokenizer
+    return model_args.load_model(AutoModelForQuestionAnswering, config), tokenizer
 
 
 def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str, data_args: DataTrainingArguments) -> None:
