@@ -177,6 +177,9 @@ def setup_logging(training_args: transformers.TrainingArguments) -> None:
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
+    if training_args.should_log:
+        # As HF's scripts do: the default "passive" log level then means INFO on the main process.
+        transformers.utils.logging.set_verbosity_info()
     level = training_args.get_process_log_level()
     logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)

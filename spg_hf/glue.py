@@ -16,7 +16,6 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -337,34 +336,18 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A pre-trained model with a fresh head for the task, or a randomly initialised one from config_name (+
     config_overrides). The config names the task's labels (label2id / id2label)."""
-    hub = model_args.hub_kwargs()
-    source = model_args.config_name or model_args.model_name_or_path
-    config = AutoConfig.from_pretrained(source, num_labels=task.num_labels, finetuning_task=task.name, **hub)
-    overrides = model_args.parsed_config_overrides()
-    unknown = [key for key in overrides if not hasattr(config, key)]
-    if unknown:
-        raise ValueError(f"config_overrides: {unknown} are not settings of {type(config).__name__}.")
-    config.update(overrides)
+    config = model_args.load_config(num_labels=task.num_labels, finetuning_task=task.name)
     if task.label_names is not None:
         label2id = {name: i for i, name in enumerate(task.label_names)}
         if config.label2id not in (label2id, {f"LABEL_{i}": i for i in range(task.num_labels)}):
-            logger.warning(f"{source} names its labels {config.label2id}; using the task's {label2id} instead.")
+            logger.warning(f"The model names its labels {config.label2id}; using the task's {label2id} instead.")
         config.label2id = label2id
         config.id2label = {i: name for name, i in label2id.items()}
     tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
     if tokenizer_source is None:
         raise ValueError("A randomly initialised model (config_name without model_name_or_path) needs tokenizer_name.")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **hub)
-    if model_args.model_name_or_path is None:
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **hub,
-        )
-    return model, tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **model_args.hub_kwargs())
+    return model_args.load_model(AutoModelForSequenceClassification, config), tokenizer
 
 
 def tokenize_datasets(
