@@ -197,18 +197,15 @@ class SPGTrainer(Trainer):
         # The last step of train() before resuming and building the optimizer: model_init has built the trial's
         # model and the trial's values are in self.args, so the chain is built from them here.
         super()._hp_search_setup(trial)
-        if self._spg_run is not None:
-            self._spg_run.detach()
-            self._spg_run = None
         if self.args.spg_enabled:
             validate_spg_settings(self.args)
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             self._spg_run = SPGChainRun(self.model, self.args)
-            # Bug fix (found by the integration tests): on a second train() call Trainer reuses the optimizer the
-            # first call built, which holds the previous, detached chain; the new chain would never be updated.
-            # User optimizers are refused above, so this one is always Trainer's own: let it build a fresh one.
+            # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
+            # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
             self.optimizer = None
+            self.model_wrapped = self.model
             logger.info(
                 f"SPG: {len(self.args.spg_weights)} temporary modules ({self.args.spg_attach}, "
                 f"{sum(p.numel() for p in self._spg_run.chain.parameters()):,} parameters), "
