@@ -506,7 +506,6 @@ def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, 
             continue
         with open(raw_path, "a") as raw:
             raw.write(json.dumps(row) + "\n")
-        write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
         walls.setdefault(run.task, []).append(row["wall_s"])
         all_walls = [wall for task_walls in walls.values() for wall in task_walls]
         # Tasks differ a lot in size: estimate each remaining run from its own task's runs when there are any.
@@ -516,6 +515,7 @@ def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, 
             f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
             flush=True,
         )
+        write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
     if failures:
         print(f"{len(failures)} runs failed (rerun to retry): {', '.join(map(str, failures))}", flush=True)
     return len(failures)
