@@ -17,6 +17,7 @@ Flags after `--` go to run_glue_spg.py unchanged.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -488,34 +490,49 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, threads: int) -> int:
-    """Run every planned run without a row yet, appending rows as they finish. Returns the number that failed."""
+def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, threads: int, jobs: int = 1) -> int:
+    """Run every planned run without a row yet, `jobs` at a time in plan order, appending rows as they finish.
+    Returns the number that failed."""
     raw_path = out / RAW_FILE
     done = check_finished(runs, load_rows(raw_path), settings, raw_path)
     todo = [run for run in runs if run not in done]
-    print(f"{len(runs)} planned runs: {len(done)} already finished, {len(todo)} to run.", flush=True)
+    print(f"{len(runs)} planned runs: {len(done)} already finished, {len(todo)} to run, {jobs} at a time.", flush=True)
     walls: dict[str, list[float]] = {}
     failures = []
-    for index, run in enumerate(todo, start=1):
-        print(f"[{index}/{len(todo)}] {run}: started {time.strftime('%H:%M:%S')}", flush=True)
-        try:
-            row = execute(run, settings, out, script, threads)
-        except RuntimeError as error:
-            print(f"[{index}/{len(todo)}] FAILED {error}", flush=True)
-            failures.append(run)
-            continue
-        with open(raw_path, "a") as raw:
-            raw.write(json.dumps(row) + "\n")
-        walls.setdefault(run.task, []).append(row["wall_s"])
-        all_walls = [wall for task_walls in walls.values() for wall in task_walls]
-        # Tasks differ a lot in size: estimate each remaining run from its own task's runs when there are any.
-        eta = sum(np.mean(walls.get(later.task, all_walls)) for later in todo[index:])
-        print(
-            f"[{index}/{len(todo)}] {run}: {METRIC_NAMES.get(row['main_metric'], row['main_metric'])} "
-            f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
-            flush=True,
-        )
-        write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
+    unfinished = list(todo)
+
+    def start(run: Run) -> Future:
+        print(f"{run}: started {time.strftime('%H:%M:%S')}", flush=True)
+        return pool.submit(execute, run, settings, out, script, threads)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        waiting = iter(todo)
+        running = {start(run): run for run in itertools.islice(waiting, jobs)}
+        while running:
+            future = next(as_completed(running))
+            run = running.pop(future)
+            unfinished.remove(run)
+            finished = len(todo) - len(unfinished)
+            for later in itertools.islice(waiting, 1):
+                running[start(later)] = later
+            try:
+                row = future.result()
+            except RuntimeError as error:
+                print(f"[{finished}/{len(todo)}] FAILED {error}", flush=True)
+                failures.append(run)
+                continue
+            with open(raw_path, "a") as raw:
+                raw.write(json.dumps(row) + "\n")
+            walls.setdefault(run.task, []).append(row["wall_s"])
+            all_walls = [wall for task_walls in walls.values() for wall in task_walls]
+            # Tasks differ a lot in size: estimate each remaining run from its own task's runs when there are any.
+            eta = sum(np.mean(walls.get(later.task, all_walls)) for later in unfinished) / jobs
+            print(
+                f"[{finished}/{len(todo)}] {run}: {METRIC_NAMES.get(row['main_metric'], row['main_metric'])} "
+                f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
+                flush=True,
+            )
+            write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
     if failures:
         print(f"{len(failures)} runs failed (rerun to retry): {', '.join(map(str, failures))}", flush=True)
     return len(failures)
@@ -541,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-length", dest="max_seq_length", type=int, default=128)
     parser.add_argument("--logging-steps", dest="logging_steps", type=int, default=10, help="survival plot density")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (jobs x threads should not exceed cores)")
     parser.add_argument("--script", type=Path, default=DEFAULT_SCRIPT)
     parser.add_argument("--report-only", dest="report_only", action="store_true", help="rebuild table/plots only")
     return parser
@@ -572,6 +590,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[dict], tup
         args = parser.parse_args(argv)
     if args.out is None:
         parser.error("--out is required (directly or in the --sweep file).")
+    for name in ("threads", "jobs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.report_only:
         return args, [], tuple(extra)
     if stages is None:
@@ -618,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging_steps=args.logging_steps,
         extra=extra,
     )
-    failures = run_sweep(plan_runs(stages), settings, out, args.script, args.threads)
+    failures = run_sweep(plan_runs(stages), settings, out, args.script, args.threads, args.jobs)
     return 1 if failures else 0
 
 
