@@ -125,7 +125,10 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     out = tmp_path / "results"
     assert quality.main(_harness_args(out)) == 0
     rows = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
-    # Two runs at a time: rows arrive in finishing order, each run exactly once.
+    # Two runs at a time: they start in plan order (paired runs side by side) and their rows arrive in finishing
+    # order, each run exactly once.
+    started = [line.split(": started")[0] for line in capsys.readouterr().out.splitlines() if ": started" in line]
+    assert started == ["rte plain seed 1", "rte spg seed 1", "rte plain seed 2", "rte spg seed 2"]
     assert sorted((row["variant"], row["seed"]) for row in rows) == [("plain", 1), ("plain", 2), ("spg", 1), ("spg", 2)]
     for row in rows:
         assert row["main_metric"] == "eval_accuracy" and 0 <= row["main"] <= 1
