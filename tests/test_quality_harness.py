@@ -103,6 +103,31 @@ def test_table_pairs_by_seed_and_shows_secondary_metrics():
     assert "| 2/2 | 20 |" in table
 
 
+def test_missing_runs_listed_in_plan_order_per_task_and_method():
+    planned = quality.plan_runs(
+        [
+            {"tasks": ["rte"], "variants": ["plain", "spg"], "seeds": [1, 2]},
+            {"tasks": ["stsb", "rte"], "variants": ["relu"], "seeds": [1, 2, 3]},
+        ]
+    )
+    rows = [
+        {"task": "rte", "variant": "plain", "seed": 1},
+        {"task": "rte", "variant": "spg", "seed": 1},
+        {"task": "rte", "variant": "relu", "seed": 2},
+        {"task": "cola", "variant": "plain", "seed": 1},  # not in this plan: counts for nothing
+    ]
+    assert quality.render_missing(planned, rows).splitlines() == [
+        "3 of 10 planned runs finished; 7 missing:",
+        "",
+        "- RTE plain: seed 2",
+        "- RTE spg: seed 2",
+        "- STS-B relu: seeds 1, 2, 3",
+        "- RTE relu: seeds 1, 3",
+    ]
+    finished = [{"task": run.task, "variant": run.variant, "seed": run.seed} for run in planned]
+    assert quality.render_missing(planned, finished) == "All 10 planned runs finished.\n"
+
+
 def _harness_args(out: Path, lr: str = "5e-4") -> list[str]:
     return [
         "--tasks", "rte",
@@ -180,7 +205,13 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     with pytest.raises(SystemExit, match="other flags"):
         quality.main(_harness_args(out, lr="1e-4"))
 
-    # --report-only rebuilds the report from the raw rows alone.
+    # --report-only rebuilds the report from the raw rows alone; given the plan, the list of missing runs too.
+    assert (out / "missing.md").read_text() == "All 4 planned runs finished.\n"
     (out / "table.md").unlink()
+    (out / "missing.md").unlink()
     assert quality.main(["--out", str(out), "--report-only"]) == 0
-    assert (out / "table.md").read_text() == table
+    assert (out / "table.md").read_text() == table and not (out / "missing.md").exists()
+    args = _harness_args(out)
+    split = args.index("--")
+    assert quality.main([*args[:split], "--seeds", "1", "2", "3", "--report-only", *args[split:]]) == 0
+    assert (out / "missing.md").read_text().splitlines()[0] == ("4 of 6 planned runs finished; 2 missing:")
