@@ -78,8 +78,8 @@ METRIC_NAMES = {
     "eval_spearmanr": "Spearman",
 }
 
-# Default SPG spells out every setting a variant changes, so results do not move if library defaults change;
-# each other variant differs from it in exactly one setting.
+# `spg` is the paper's form with every setting a variant changes spelled out, so results do not move when library
+# defaults change (spg_activation's did, from none to relu); each other variant differs from it in one setting.
 _SPG = {"spg_enabled": "true", "spg_attach": "tokens", "spg_activation": "none", "spg_normalize": "survivors"}
 VARIANTS: dict[str, dict[str, str]] = {
     BASELINE: {"spg_enabled": "false"},

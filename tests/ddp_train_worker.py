@@ -78,6 +78,7 @@ def train(name: str, output_dir: str) -> None:
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
+        spg_activation="none",  # the paper's form: its chain trains, so the ranks' chain weights can be compared
     )
     layer_calls = count_calls(model.base_model.encoder.layer if name == "bert" else model.base_model.encoder.layers)
     path = os.path.join(output_dir, f"{name}_rank{rank}")

@@ -33,6 +33,8 @@ def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
         use_cpu=True,
         seed=7,
         disable_tqdm=True,
+        # The paper's form: its chain trains, so chain weights move and every chain code path is exercised.
+        spg_activation="none",
     )
     return SPGTrainingArguments(**{**defaults, **overrides})
 

@@ -24,6 +24,8 @@ def spg_args(output_dir: str, **overrides) -> SPGTrainingArguments:
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
+        # The paper's form: its chain trains, so chain weights move and every chain code path is exercised.
+        spg_activation="none",
     )
     return SPGTrainingArguments(output_dir, **{**settings, **overrides})
 
