@@ -554,9 +554,8 @@ def run_sweep(runs: Sequence[Run], settings: Settings, out: Path, script: Path, 
                 f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
                 flush=True,
             )
-            write_report(
-                out, runs
-            )  # keeps table and plots current, so partial results can be read or committed any time
+            # Keeps table, plots and missing.md current, so partial results can be read or committed any time.
+            write_report(out, runs)
     if failures:
         print(f"{len(failures)} runs failed (rerun to retry): {', '.join(map(str, failures))}", flush=True)
     return len(failures)
@@ -618,9 +617,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[dict], tup
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if stages is None:
-        if not args.tasks and args.report_only:
-            return args, [], tuple(extra)
         if not args.tasks:
+            if args.report_only:
+                return args, [], tuple(extra)
             parser.error("--tasks is required (or 'stages' in a --sweep file).")
         stages = [{"tasks": args.tasks, "variants": args.variants or [BASELINE, "spg"]}]
     for number, stage in enumerate(stages, start=1):

@@ -214,4 +214,4 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     args = _harness_args(out)
     split = args.index("--")
     assert quality.main([*args[:split], "--seeds", "1", "2", "3", "--report-only", *args[split:]]) == 0
-    assert (out / "missing.md").read_text().splitlines()[0] == ("4 of 6 planned runs finished; 2 missing:")
+    assert (out / "missing.md").read_text().splitlines()[0] == "4 of 6 planned runs finished; 2 missing:"
