@@ -103,6 +103,16 @@ def test_table_pairs_by_seed_and_shows_secondary_metrics():
     assert "| 2/2 | 20 |" in table
 
 
+def test_default_variants_are_plain_and_the_library_defaults(tmp_path):
+    from spg_hf import SPGTrainingArguments
+
+    args, stages, _ = quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--report-only"])
+    assert stages[0]["variants"] == ["plain", "relu"]
+    defaults = SPGTrainingArguments(output_dir=str(tmp_path))
+    for name, value in quality.VARIANTS["relu"].items():
+        assert str(getattr(defaults, name)).lower() == value, name
+
+
 def test_missing_runs_listed_in_plan_order_per_task_and_method():
     planned = quality.plan_runs(
         [
