@@ -12,6 +12,7 @@ and method; the paired per-seed difference variant - plain with its 95% t interv
     python bench/quality.py --sweep bench/quality_sweeps/minilm.yaml     # the same, settings from a file
     python bench/quality.py --out bench/results/minilm --report-only     # rebuild table and plots only
     python bench/quality.py --sweep bench/quality_sweeps/minilm.yaml --report-only  # ... and missing.md
+    python bench/quality.py --out bench/results/minilm --report-only --baseline spg  # variants vs the paper form
 
 Flags after `--` go to run_glue_spg.py unchanged.
 """
@@ -193,9 +194,9 @@ def paired_difference(treatment: Sequence[float], baseline: Sequence[float], con
     }
 
 
-def summarize(rows: Sequence[dict]) -> list[dict]:
+def summarize(rows: Sequence[dict], baseline: str = BASELINE) -> list[dict]:
     """Per task (in first-seen order): each method's metrics (mean, std over seeds), mean train time, and each
-    non-baseline method's paired difference to the baseline on the main metric over the seeds both have."""
+    other method's paired difference to `baseline` on the main metric over the seeds both have."""
     summary = []
     for task in dict.fromkeys(row["task"] for row in rows):
         task_rows = [row for row in rows if row["task"] == task]
@@ -213,14 +214,14 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
                 "train_runtime": describe([row["train_runtime"] for row in variant_rows]),
             }
         paired = {}
-        baseline = {row["seed"]: row["metrics"][main] for row in by_method.get(BASELINE, [])}
+        reference = {row["seed"]: row["metrics"][main] for row in by_method.get(baseline, [])}
         for variant, variant_rows in by_method.items():
-            if variant == BASELINE:
+            if variant == baseline:
                 continue
-            common = [row for row in variant_rows if row["seed"] in baseline]
+            common = [row for row in variant_rows if row["seed"] in reference]
             if common:
                 paired[variant] = {"seeds": [row["seed"] for row in common]} | paired_difference(
-                    [row["metrics"][main] for row in common], [baseline[row["seed"]] for row in common]
+                    [row["metrics"][main] for row in common], [reference[row["seed"]] for row in common]
                 )
         summary.append({"task": task, "main_metric": main, "methods": methods, "paired": paired})
     return summary
@@ -251,12 +252,12 @@ def interval(pair: dict[str, float]) -> str:
     return f"[{100 * pair['ci_low']:+.2f}, {100 * pair['ci_high']:+.2f}]"
 
 
-def render_table(summary: Sequence[dict]) -> str:
-    """Markdown: one table per task, metrics in points, the paired difference on the main metric."""
+def render_table(summary: Sequence[dict], baseline: str = BASELINE) -> str:
+    """Markdown: one table per task, metrics in points, the paired difference to `baseline` on the main metric."""
     lines = [
-        "Metrics in points (x100): mean ± sample std over seeds. Difference: per seed, method - plain on the main "
-        "metric (same seed, data, epochs, lr, batch size), mean and 95% Student-t interval; won: seeds where the "
-        "method scored higher than plain. Train time: mean train_runtime in seconds.",
+        f"Metrics in points (x100): mean ± sample std over seeds. Difference: per seed, method - {baseline} on the "
+        "main metric (same seed, data, epochs, lr, batch size), mean and 95% Student-t interval; won: seeds where "
+        f"the method scored higher than {baseline}. Train time: mean train_runtime in seconds.",
         "",
         "Methods: " + "; ".join(f"{name} = {_describe_variant(name)}" for name in VARIANTS) + ".",
     ]
@@ -264,7 +265,7 @@ def render_table(summary: Sequence[dict]) -> str:
         metric_names = TASK_METRICS[task["task"]]
         main_name = METRIC_NAMES.get(task["main_metric"], task["main_metric"])
         header = ["method", "seeds", *(METRIC_NAMES.get(m, m) for m in metric_names)]
-        header += [f"{main_name} diff vs plain", "95% interval", "won", "train time (s)"]
+        header += [f"{main_name} diff vs {baseline}", "95% interval", "won", "train time (s)"]
         lines += ["", f"### {TASK_TITLES[task['task']]} (main metric: {main_name})", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant, method in task["methods"].items():
@@ -379,18 +380,23 @@ def render_missing(planned: Sequence[Run], rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, planned: Sequence[Run] = ()) -> list[dict]:
+def write_report(out: Path, planned: Sequence[Run] = (), baseline: str = BASELINE) -> list[dict]:
     """table.md, summary.json, main_metric.png and survival_<task>.png from the raw rows in `out`; missing.md too
-    when the plan is known."""
+    when the plan is known. With another baseline than plain, only table_vs_<baseline>.md and
+    summary_vs_<baseline>.json, the differences to that method (for example a variant against the paper form)."""
     rows = load_rows(out / RAW_FILE)
     if planned:
         (out / "missing.md").write_text(render_missing(planned, rows))
     if not rows:
         print(f"No finished runs in {out / RAW_FILE}; no report written.", flush=True)
         return []
-    summary = summarize(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "table.md").write_text(render_table(summary))
+    summary = summarize(rows, baseline)
+    suffix = "" if baseline == BASELINE else f"_vs_{baseline}"
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / f"table{suffix}.md").write_text(render_table(summary, baseline))
+    if suffix:
+        print(f"Report written to {out}/table{suffix}.md (+ summary{suffix}.json).", flush=True)
+        return summary
     plot_main_metric(summary, rows, out / "main_metric.png")
     for task in summary:
         plot_survival(task["task"], rows, out, out / f"survival_{task['task']}.png")
@@ -591,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (jobs x threads should not exceed cores)")
     parser.add_argument("--script", type=Path, default=DEFAULT_SCRIPT)
     parser.add_argument("--report-only", dest="report_only", action="store_true", help="rebuild table/plots only")
+    parser.add_argument(
+        "--baseline",
+        choices=list(VARIANTS),
+        default=BASELINE,
+        help="with --report-only: the method the others are paired against (table_vs_<baseline>.md)",
+    )
     return parser
 
 
@@ -620,6 +632,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[dict], tup
         args = parser.parse_args(argv)
     if args.out is None:
         parser.error("--out is required (directly or in the --sweep file).")
+    if args.baseline != BASELINE and not args.report_only:
+        parser.error("--baseline applies to --report-only; a sweep always reports against plain.")
     for name in ("threads", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
@@ -658,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, stages, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out
     if args.report_only:
-        write_report(out, plan_runs(stages))
+        write_report(out, plan_runs(stages), args.baseline)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(

@@ -103,6 +103,27 @@ def test_table_pairs_by_seed_and_shows_secondary_metrics():
     assert "| 2/2 | 20 |" in table
 
 
+def test_report_against_another_baseline(tmp_path):
+    rows = [
+        _row("cola", variant, seed, eval_matthews_correlation=value)
+        for variant, values in (("plain", [0.26, 0.25]), ("spg", [0.18, 0.20]), ("relu", [0.28, 0.25]))
+        for seed, value in zip([1, 2], values, strict=True)
+    ]
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert quality.main(["--out", str(tmp_path), "--report-only", "--baseline", "spg"]) == 0
+    assert not (tmp_path / "table.md").exists() and not (tmp_path / "main_metric.png").exists()
+    (task,) = json.loads((tmp_path / "summary_vs_spg.json").read_text())
+    assert set(task["paired"]) == {"plain", "relu"}
+    assert task["paired"]["relu"]["mean"] == pytest.approx(((0.28 - 0.18) + (0.25 - 0.20)) / 2)
+    assert task["paired"]["plain"]["wins"] == 2
+    table = (tmp_path / "table_vs_spg.md").read_text()
+    assert "| method | seeds | MCC | MCC diff vs spg | 95% interval | won | train time (s) |" in table
+    assert "| spg | 2 | 19.00 ± 1.41 |  |  |  | 15 |" in table
+    assert "| relu | 2 | 26.50 ± 2.12 | +7.50 | [" in table
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--baseline", "spg"])
+
+
 def test_default_variants_are_plain_and_the_library_defaults(tmp_path):
     from spg_hf import SPGTrainingArguments
 
