@@ -394,13 +394,11 @@ def write_report(out: Path, planned: Sequence[Run] = (), baseline: str = BASELIN
     suffix = "" if baseline == BASELINE else f"_vs_{baseline}"
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / f"table{suffix}.md").write_text(render_table(summary, baseline))
-    if suffix:
-        print(f"Report written to {out}/table{suffix}.md (+ summary{suffix}.json).", flush=True)
-        return summary
-    plot_main_metric(summary, rows, out / "main_metric.png")
-    for task in summary:
-        plot_survival(task["task"], rows, out, out / f"survival_{task['task']}.png")
-    print(f"Report written to {out}/table.md (+ summary.json, PNGs).", flush=True)
+    if not suffix:  # the plots show each method's own values, whatever it is paired against
+        plot_main_metric(summary, rows, out / "main_metric.png")
+        for task in summary:
+            plot_survival(task["task"], rows, out, out / f"survival_{task['task']}.png")
+    print(f"Report written to {out}/table{suffix}.md (+ summary{suffix}.json{'' if suffix else ', PNGs'}).", flush=True)
     return summary
 
 

@@ -127,7 +127,7 @@ def test_report_against_another_baseline(tmp_path):
 def test_default_variants_are_plain_and_the_library_defaults(tmp_path):
     from spg_hf import SPGTrainingArguments
 
-    args, stages, _ = quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--report-only"])
+    _, stages, _ = quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--report-only"])
     assert stages[0]["variants"] == ["plain", "relu"]
     defaults = SPGTrainingArguments(output_dir=str(tmp_path))
     for name, value in quality.VARIANTS["relu"].items():
