@@ -46,6 +46,7 @@ import torch
 import transformers
 from datasets import Dataset
 from transformers import (
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     PrinterCallback,
     Trainer,
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128, help="every sequence is padded to this length")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="text-classification", help=TASK_HELP)
     parser.add_argument("--model", default=MODEL, help="model folder or hub id (default: %(default)s)")
     parser.add_argument("--skip-memory", action="store_true", help="time only")
     parser.add_argument("--output", choices=["text", "json"], default="text", help="report format on stdout")
@@ -82,9 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def synthetic_dataset(size: int, seq_len: int, vocab_size: int, seed: int = 0) -> Dataset:
-    """[CLS] random tokens [SEP] of random lengths, padded to seq_len, with random binary labels. Step cost does not
-    depend on which tokens these are; padding keeps every batch at the full length."""
+def synthetic_dataset(size: int, seq_len: int, vocab_size: int, task: str, seed: int = 0) -> Dataset:
+    """[CLS] random tokens [SEP] of random lengths, padded to seq_len, with random binary labels (question answering:
+    random answer spans). Step cost does not depend on which tokens these are; padding keeps every batch at the full
+    length."""
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(seq_len // 4, seq_len + 1, (size,), generator=generator)
     input_ids = torch.randint(1000, vocab_size, (size, seq_len), generator=generator)
@@ -93,10 +96,43 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, seed: int = 0) -
     input_ids[:, 0] = 101  # [CLS]
     input_ids[torch.arange(size), lengths - 1] = 102  # [SEP]
     input_ids = input_ids * attention_mask  # [PAD] is 0
-    labels = torch.randint(0, 2, (size,), generator=generator)
-    return Dataset.from_dict(
-        {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(), "labels": labels.tolist()}
+    columns = {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()}
+    if task == "question-answering":
+        starts = (torch.rand(size, generator=generator) * (lengths - 2)).long() + 1
+        columns |= {
+            "start_positions": starts.tolist(),
+            "end_positions": torch.minimum(starts + 3, lengths - 1).tolist(),
+        }
+    else:
+        columns["labels"] = torch.randint(0, 2, (size,), generator=generator).tolist()
+    return Dataset.from_dict(columns)
+
+
+def llama_style_classifier() -> transformers.PreTrainedModel:
+    """A small random Llama-style decoder classifier: 32k vocabulary, 4 layers of width 384, padding token 0."""
+    config = transformers.LlamaConfig(
+        vocab_size=32_000,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        pad_token_id=0,
+        num_labels=2,
     )
+    return transformers.LlamaForSequenceClassification(config)
+
+
+# Task -> how the benchmarked model is built from --model.
+TASKS = {
+    "text-classification": lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2),
+    "question-answering": AutoModelForQuestionAnswering.from_pretrained,
+    "decoder-classification": lambda path: llama_style_classifier(),
+}
+TASK_HELP = (
+    "text-classification: --model with a new 2-label head; question-answering: --model with a new span head; "
+    "decoder-classification: a small random Llama-style classifier (--model is ignored)"
+)
 
 
 class Baton:
@@ -158,8 +194,8 @@ def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir:
     model_path = resolve_package_path(args.model)
     # The classifier is newly initialised: the same seed gives both methods the same one.
     transformers.set_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-    dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size)
+    model = TASKS[args.task](model_path)
+    dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size, args.task)
     settings = dict(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,
@@ -328,7 +364,10 @@ def main() -> None:
     if args.output == "json":
         print(json.dumps(report, indent=2))
         return
-    print(f"{report['machine']}; batch {args.batch_size}, length {args.seq_len}, {args.steps} measured steps each")
+    print(
+        f"{args.task}; {report['machine']}; batch {args.batch_size}, length {args.seq_len}, "
+        f"{args.steps} measured steps each"
+    )
     for clock in clocks:
         timing = report[f"step_time_{clock}"]
         print(

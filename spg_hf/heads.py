@@ -1,14 +1,20 @@
-"""Per-model shared heads: what each supported model applies to its final hidden state.
+"""Shared heads by family: what a task model applies to its final hidden state, resolved from how its head is built.
 
-Each entry reproduces one model class's own head, so the TRP chain's states go through the same layers (shared, not
-copied) as the base prediction. Adding a model is one entry: its task, where its head's input comes from, the head
-itself, and (optionally) the final classifier the reference code's "pooled" attach point feeds.
+SPG sends the temporary chain's states through the model's own head (shared, not copied). Models that build their
+head the same way form a family, so a new model of a known family needs no code: XLM-R and CamemBERT are RoBERTa's
+family, Qwen2 and Mistral Llama's. A family says
+- the task, from the task class (`...ForSequenceClassification`, `...ForQuestionAnswering`, ...);
+- when it applies, from the head's modules (a pooler in the base model, a `score` layer, `qa_outputs`, ...);
+- where the head's input is captured: the base model's first output, or the input of one head module;
+- which positions the head reads: the first token, the last non-padding token, a pooled vector, or all positions.
+  The chain runs on those positions only, so a first-token head costs one position per example, not the sequence;
+- the head as a function of the captured (and reduced) state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,15 +23,70 @@ from transformers import PreTrainedModel
 
 HeadFn = Callable[[PreTrainedModel, torch.Tensor, dict[str, Any]], Any]
 
+# Task classes by the suffix of their class name (searched along the class hierarchy, so subclasses keep their task).
+TASK_SUFFIXES = {
+    "ForSequenceClassification": "sequence_classification",
+    "ForAudioClassification": "sequence_classification",
+    "ForImageClassification": "sequence_classification",
+    "ForQuestionAnswering": "question_answering",
+}
+
+# Positions a head reads from the captured state [batch, length, width] (or [batch, width, ...] for "vector").
+READS_FIRST = "first token"
+READS_LAST = "last non-padding token"
+READS_VECTOR = "pooled vector"
+READS_ALL = "all positions"
+
 
 @dataclass(frozen=True)
-class SharedHead:
+class HeadFamily:
+    name: str
     task: str  # "sequence_classification" or "question_answering"
-    head: HeadFn  # (model, hidden state, model inputs) -> logits, or (start_logits, end_logits)
-    # Module whose forward input (pre-hook) carries the head's input; None: the output[0] of model.base_model.
-    head_input_module: str | None = None
-    # Final classifier layer whose input is the pooled vector (the "pooled" attach point); None: not offered.
-    pooled_classifier: str | None = None
+    rule: str  # what the family's heads do, as the README's supported-models table states it
+    matches: Callable[[PreTrainedModel], bool]
+    head: HeadFn  # (model, state reduced to the positions read, model inputs) -> logits or (start, end) logits
+    reads: str  # one of READS_*
+    capture: str | None = None  # module whose forward input is the head's input; None: model.base_model's output[0]
+    # The head ends in a linear `classifier` on a pooled vector: the reference code's "pooled" attach point.
+    offers_pooled: bool = False
+
+    def pooled_form(self) -> HeadFamily:
+        """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
+        return replace(self, capture="classifier", reads=READS_VECTOR, head=_classifier_head)
+
+    def select(self, model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """The positions of the captured state the head reads, kept as a length-1 sequence where the head indexes
+        a sequence itself."""
+        if self.reads == READS_FIRST:
+            return state[:, :1]
+        if self.reads == READS_LAST:
+            rows = torch.arange(state.shape[0], device=state.device)
+            return state[rows, last_non_padding_position(model, inputs, state.device)].unsqueeze(1)
+        if self.reads == READS_VECTOR:
+            return state.flatten(1)
+        return state
+
+    def width(self, model: PreTrainedModel) -> int:
+        """Feature width of the captured state: the in_features of the capturing module's first linear layer, or
+        the model's hidden size for the base model's output."""
+        if self.capture is None:
+            return model.config.get_text_config().hidden_size
+        return next(m for m in getattr(model, self.capture).modules() if isinstance(m, nn.Linear)).in_features
+
+
+def last_non_padding_position(model: PreTrainedModel, inputs: dict[str, Any], device: torch.device) -> Any:
+    """The position decoder classifiers pool, as their forward picks it: the rightmost token that is not padding
+    (left and right padding alike), or the last position when there is no pad token or no input_ids."""
+    pad_token_id = model.config.get_text_config().pad_token_id
+    input_ids = inputs.get("input_ids")
+    if pad_token_id is None or input_ids is None:
+        return -1
+    not_padding = (input_ids != pad_token_id).to(device, torch.int32)
+    positions = torch.arange(input_ids.shape[-1], device=device, dtype=torch.int32)
+    return (positions * not_padding).argmax(-1)
+
+
+# ---------------------------------------------------------------- heads
 
 
 def _split_span_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,36 +94,51 @@ def _split_span_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
 
 
-def _bert_classification(model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    return model.classifier(model.dropout(model.bert.pooler(hidden)))
+def _span_head(layer: str) -> HeadFn:
+    def head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return _split_span_logits(getattr(model, layer)(state))
+
+    return head
 
 
-def _classification_head_on_tokens(
-    model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]
-) -> torch.Tensor:
-    return model.classifier(hidden)
+def _base_pooler_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classifier(model.dropout(model.base_model.pooler(state)))
 
 
-def _distilbert_classification(model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    return model.classifier(model.dropout(torch.relu(model.pre_classifier(hidden[:, 0]))))
+def _base_linear_pooler_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    base = model.base_model
+    return model.classifier(model.dropout(base.pooler_activation(base.pooler(state[:, 0]))))
 
 
-def _deberta_v2_classification(model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    return model.classifier(model.dropout(model.pooler(hidden)))
+def _own_pooler_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classifier(model.dropout(model.pooler(state)))
 
 
-def _span_head(model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    return _split_span_logits(model.qa_outputs(hidden))
+def _pre_classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classifier(model.dropout(torch.relu(model.pre_classifier(state[:, 0]))))
 
 
-def _distilbert_span_head(
-    model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]
-) -> tuple[torch.Tensor, ...]:
-    return _split_span_logits(model.qa_outputs(model.dropout(hidden)))
+def _prediction_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    if model.config.classifier_pooling == "cls":
+        pooled = state[:, 0]
+    else:
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones(state.shape[:2], device=state.device, dtype=torch.bool)
+        pooled = (state * attention_mask.unsqueeze(-1)).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)
+    return model.classifier(model.drop(model.head(pooled)))
 
 
-def _audio_classification(model: PreTrainedModel, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    projected = model.projector(hidden)
+def _classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classifier(state)
+
+
+def _score_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.score(state)[:, 0]
+
+
+def _frame_pooling_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    projected = model.projector(state)
     attention_mask = inputs.get("attention_mask")
     if attention_mask is None:
         return model.classifier(projected.mean(dim=1))
@@ -72,35 +148,183 @@ def _audio_classification(model: PreTrainedModel, hidden: torch.Tensor, inputs: 
     return model.classifier(pooled)
 
 
-_AUDIO = SharedHead("sequence_classification", _audio_classification, head_input_module="projector")
-
-SHARED_HEADS: dict[str, SharedHead] = {
-    "BertForSequenceClassification": SharedHead(
-        "sequence_classification", _bert_classification, pooled_classifier="classifier"
-    ),
-    "RobertaForSequenceClassification": SharedHead("sequence_classification", _classification_head_on_tokens),
-    "ElectraForSequenceClassification": SharedHead("sequence_classification", _classification_head_on_tokens),
-    "DistilBertForSequenceClassification": SharedHead(
-        "sequence_classification", _distilbert_classification, pooled_classifier="classifier"
-    ),
-    "DebertaV2ForSequenceClassification": SharedHead(
-        "sequence_classification", _deberta_v2_classification, pooled_classifier="classifier"
-    ),
-    "BertForQuestionAnswering": SharedHead("question_answering", _span_head),
-    "RobertaForQuestionAnswering": SharedHead("question_answering", _span_head),
-    "DistilBertForQuestionAnswering": SharedHead("question_answering", _distilbert_span_head),
-    "Wav2Vec2ForSequenceClassification": _AUDIO,
-    "HubertForSequenceClassification": _AUDIO,
-    "WavLMForSequenceClassification": _AUDIO,
-}
+# ---------------------------------------------------------------- what the head modules look like
 
 
-def shared_head_for(model: nn.Module) -> SharedHead:
-    """The registry entry for this model's class; a ValueError naming the supported classes otherwise."""
+def _module(model: nn.Module, name: str) -> nn.Module | None:
+    module = getattr(model, name, None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def _has_linear(model: nn.Module, name: str) -> bool:
+    return isinstance(getattr(model, name, None), nn.Linear)
+
+
+def _has_span_layer(model: nn.Module, name: str) -> bool:
+    return _has_linear(model, name) and getattr(model, name).out_features == 2
+
+
+def _reads_text(model: nn.Module) -> bool:
+    return model.main_input_name == "input_ids"
+
+
+def _classifies_pooled(model: nn.Module) -> bool:
+    return _reads_text(model) and _has_linear(model, "classifier") and _module(model, "dropout") is not None
+
+
+def _uses_prediction_head(model: nn.Module, pooling: str) -> bool:
+    return (
+        _reads_text(model)
+        and _module(model, "head") is not None
+        and _has_linear(model, "classifier")
+        and getattr(model.config, "classifier_pooling", None) == pooling
+    )
+
+
+FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        "span",
+        "question_answering",
+        "`qa_outputs` on every token state, split into start and end logits",
+        lambda m: _has_span_layer(m, "qa_outputs"),
+        _span_head("qa_outputs"),
+        READS_ALL,
+        capture="qa_outputs",
+    ),
+    HeadFamily(
+        "span_classifier",
+        "question_answering",
+        "a 2-output `classifier` on every token state (after the model's own transform), split into start and end",
+        lambda m: _has_span_layer(m, "classifier"),
+        _span_head("classifier"),
+        READS_ALL,
+        capture="classifier",
+    ),
+    HeadFamily(
+        "frame_pooling",
+        "sequence_classification",
+        "`projector`, masked mean over the valid frames, `classifier` (chain on every frame state)",
+        lambda m: _has_linear(m, "projector")
+        and _has_linear(m, "classifier")
+        and hasattr(m, "_get_feature_vector_attention_mask"),
+        _frame_pooling_head,
+        READS_ALL,
+        capture="projector",
+    ),
+    HeadFamily(
+        "image_pooled",
+        "sequence_classification",
+        "`classifier` on the vector the model pools (first token or mean over patches/positions)",
+        lambda m: m.main_input_name == "pixel_values" and _module(m, "classifier") is not None,
+        _classifier_head,
+        READS_VECTOR,
+        capture="classifier",
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "last_token_score",
+        "sequence_classification",
+        "`score` at the last non-padding token (decoder classifiers, left or right padding)",
+        lambda m: _reads_text(m) and _has_linear(m, "score"),
+        _score_head,
+        READS_LAST,
+    ),
+    HeadFamily(
+        "prediction_head_first",
+        "sequence_classification",
+        "`classifier_pooling='cls'`: first token, `head`, `drop`, `classifier`",
+        lambda m: _uses_prediction_head(m, "cls"),
+        _prediction_head,
+        READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "prediction_head_mean",
+        "sequence_classification",
+        "`classifier_pooling='mean'`: masked mean over tokens, `head`, `drop`, `classifier` (chain on every token)",
+        lambda m: _uses_prediction_head(m, "mean"),
+        _prediction_head,
+        READS_ALL,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "pre_classifier",
+        "sequence_classification",
+        "first token, `pre_classifier`, ReLU, `dropout`, `classifier`",
+        lambda m: _has_linear(m, "pre_classifier") and _classifies_pooled(m),
+        _pre_classifier_head,
+        READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "own_pooler",
+        "sequence_classification",
+        "the task model's own first-token `pooler`, `dropout`, `classifier`",
+        lambda m: _module(m, "pooler") is not None and _classifies_pooled(m),
+        _own_pooler_head,
+        READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "base_pooler",
+        "sequence_classification",
+        "the base model's first-token pooler module, `dropout`, `classifier`",
+        lambda m: _module(m.base_model, "pooler") is not None
+        and not _has_linear(m.base_model, "pooler")
+        and _classifies_pooled(m),
+        _base_pooler_head,
+        READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "base_linear_pooler",
+        "sequence_classification",
+        "the base model's linear `pooler` and `pooler_activation` on the first token, `dropout`, `classifier`",
+        lambda m: _has_linear(m.base_model, "pooler")
+        and _module(m.base_model, "pooler_activation") is not None
+        and _classifies_pooled(m),
+        _base_linear_pooler_head,
+        READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        "first_token_classifier",
+        "sequence_classification",
+        "a `classifier` head module that reads the first token itself (dense, activation, projection)",
+        lambda m: _reads_text(m)
+        and _module(m, "classifier") is not None
+        and not isinstance(m.classifier, nn.Linear)
+        and _module(m.base_model, "pooler") is None,
+        _classifier_head,
+        READS_FIRST,
+    ),
+)
+
+
+def task_of(model: nn.Module) -> str | None:
+    """The SPG task of a model from its task class, or None for a class of no supported task."""
+    for cls in type(model).__mro__:
+        for suffix, task in TASK_SUFFIXES.items():
+            if cls.__name__.endswith(suffix):
+                return task
+    return None
+
+
+def head_family_for(model: nn.Module) -> HeadFamily:
+    """The first family whose rule matches the model's task and head modules; a ValueError saying what is missing
+    otherwise."""
     name = type(model).__name__
-    if name not in SHARED_HEADS:
+    task = task_of(model)
+    if task is None:
         raise ValueError(
-            f"SPG does not support {name}. Supported model classes: {', '.join(sorted(SHARED_HEADS))}. "
-            "Add an entry to spg_hf.heads.SHARED_HEADS, or set spg_enabled=False."
+            f"SPG does not support {name}: it is not a task class SPG knows (class names ending in "
+            f"{', '.join(TASK_SUFFIXES)}). Set spg_enabled=False to train it as with Trainer."
         )
-    return SHARED_HEADS[name]
+    for family in FAMILIES:
+        if family.task == task and family.matches(model):
+            return family
+    rules = "; ".join(f"{family.name}: {family.rule}" for family in FAMILIES if family.task == task)
+    raise ValueError(
+        f"SPG does not support {name}: its head matches none of the {task.replace('_', ' ')} head families ({rules})."
+        " Add a HeadFamily to spg_hf.heads.FAMILIES, or set spg_enabled=False."
+    )

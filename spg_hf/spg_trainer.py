@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from spg_hf.cold_start import ColdStartScheduler
-from spg_hf.heads import SharedHead, shared_head_for
+from spg_hf.heads import HeadFamily, head_family_for
 from spg_hf.spg import TRPChain, per_example_terms, spg_loss
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
 
@@ -34,9 +34,9 @@ CHAIN_ATTRIBUTE = "spg_chain"
 SPG_WEIGHTS_NAME = "spg_modules.safetensors"
 
 
-def spg_objective(model: PreTrainedModel, head: SharedHead) -> str:
+def spg_objective(model: PreTrainedModel, family: HeadFamily) -> str:
     """'classification', 'regression' or 'question_answering' for this model, as its own loss would decide."""
-    if head.task == "question_answering":
+    if family.task == "question_answering":
         return "question_answering"
     problem_type = model.config.problem_type
     if problem_type == "regression" or (problem_type is None and model.config.num_labels == 1):
@@ -46,18 +46,18 @@ def spg_objective(model: PreTrainedModel, head: SharedHead) -> str:
     raise ValueError(f"SPG supports single-label classification and regression, not problem_type={problem_type!r}.")
 
 
-def check_spg_support(model: PreTrainedModel, args: SPGTrainingArguments) -> SharedHead:
-    """The model's shared head, or a ValueError naming what is unsupported."""
-    head = shared_head_for(model)
-    spg_objective(model, head)
-    if args.spg_attach == "pooled" and (
-        head.pooled_classifier is None or getattr(model, head.pooled_classifier, None) is None
-    ):
-        raise ValueError(
-            f"spg_attach='pooled' needs a model with a pooler before its classifier; {type(model).__name__} has "
-            "none. Use spg_attach='tokens'."
-        )
-    return head
+def check_spg_support(model: PreTrainedModel, args: SPGTrainingArguments) -> HeadFamily:
+    """The model's shared-head family in the form `spg_attach` asks for, or a ValueError naming what is unsupported."""
+    family = head_family_for(model)
+    spg_objective(model, family)
+    if args.spg_attach == "pooled":
+        if not family.offers_pooled:
+            raise ValueError(
+                f"spg_attach='pooled' needs a head that ends in a linear classifier on a pooled vector; "
+                f"{type(model).__name__}'s head ({family.name}: {family.rule}) does not. Use spg_attach='tokens'."
+            )
+        return family.pooled_form()
+    return family
 
 
 class SPGChainRun:
@@ -66,17 +66,11 @@ class SPGChainRun:
     def __init__(self, model: PreTrainedModel, args: SPGTrainingArguments) -> None:
         self.model = model
         self.args = args
-        self.head = check_spg_support(model, args)
-        self.objective = spg_objective(model, self.head)
-        self.pooled = args.spg_attach == "pooled"
-        if self.pooled:
-            hook_module = getattr(model, self.head.pooled_classifier)
-            width = hook_module.in_features
-        else:
-            hook_module = getattr(model, self.head.head_input_module) if self.head.head_input_module else None
-            width = model.config.hidden_size
+        self.family = check_spg_support(model, args)
+        self.objective = spg_objective(model, self.family)
         reference = next(model.parameters())
-        self.chain = TRPChain(width, args.spg_dropout_rates, args.spg_activation).to(reference.device)
+        self.chain = TRPChain(self.family.width(model), args.spg_dropout_rates, args.spg_activation)
+        self.chain.to(reference.device)
         model.add_module(CHAIN_ATTRIBUTE, self.chain)
 
         self.saved_ignore_keys = model._keys_to_ignore_on_save
@@ -86,10 +80,10 @@ class SPGChainRun:
         self.armed = False
         self.inputs: dict[str, Any] = {}
         self.chain_logits: list[Any] | None = None
-        if hook_module is None:
+        if self.family.capture is None:
             capture = model.base_model.register_forward_hook(self._on_base_output)
         else:
-            capture = hook_module.register_forward_pre_hook(self._on_head_input)
+            capture = getattr(model, self.family.capture).register_forward_pre_hook(self._on_head_input)
         self.handles = [capture, model.register_forward_hook(self._on_model_output)]
         self.reset_statistics()
 
@@ -107,16 +101,13 @@ class SPGChainRun:
     def _on_head_input(self, module: nn.Module, args: tuple) -> None:
         self._run_chain(args[0])
 
-    def _run_chain(self, hidden: torch.Tensor) -> None:
+    def _run_chain(self, captured: torch.Tensor) -> None:
         if not self.armed:
             return
-        # Disarm first: in the pooled form the shared head is the hooked classifier itself.
+        # Disarm first: the shared head may contain the hooked module itself.
         self.armed = False
-        if self.pooled:
-            shared_head = getattr(self.model, self.head.pooled_classifier)
-            self.chain_logits = [shared_head(state) for state in self.chain(hidden)]
-        else:
-            self.chain_logits = [self.head.head(self.model, state, self.inputs) for state in self.chain(hidden)]
+        state = self.family.select(self.model, captured, self.inputs)
+        self.chain_logits = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self.chain_logits is None:
@@ -133,7 +124,7 @@ class SPGChainRun:
             self.inputs, self.armed = {}, False
         if not isinstance(result, tuple) or len(result) != 2:
             raise RuntimeError(
-                f"The SPG chain did not run in the forward of {type(self.model).__name__}: its shared-head entry "
+                f"The SPG chain did not run in the forward of {type(self.model).__name__}: its head family "
                 "captures the wrong module."
             )
         return result
@@ -207,7 +198,8 @@ class SPGTrainer(Trainer):
             self.optimizer = None
             self.model_wrapped = self.model
             logger.info(
-                f"SPG: {len(self.args.spg_weights)} temporary modules ({self.args.spg_attach}, "
+                f"SPG: {len(self.args.spg_weights)} temporary modules (head family {self._spg_run.family.name}, "
+                f"chain on the {self._spg_run.family.reads}, "
                 f"{sum(p.numel() for p in self._spg_run.chain.parameters()):,} parameters), "
                 f"objective {self._spg_run.objective}."
             )

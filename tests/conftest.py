@@ -14,6 +14,14 @@ from datasets import Dataset
 
 HIDDEN = 32
 TEXT = dict(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+DISTILBERT = dict(vocab_size=99, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=64)
+# Decoders pad with token 0 so their classifiers pool at the last non-padding token.
+SPECIAL_TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+DECODER = dict(TEXT, **SPECIAL_TOKENS, num_key_value_heads=2)
+GPT2 = dict(SPECIAL_TOKENS, vocab_size=99, n_embd=HIDDEN, n_layer=2, n_head=2)
+MODERNBERT = dict(
+    TEXT, **SPECIAL_TOKENS, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2, local_attention=8
+)
 AUDIO = dict(
     hidden_size=HIDDEN,
     num_hidden_layers=2,
@@ -27,24 +35,51 @@ AUDIO = dict(
     classifier_proj_size=16,
     mask_time_prob=0.0,
 )
+WAVEFORM_SAMPLES = 1600
+IMAGE_SIZE = 32
+VIT = dict(TEXT, image_size=IMAGE_SIZE, patch_size=8, vocab_size=None)
+STAGES = dict(hidden_sizes=[8, 16], depths=[1, 1])
+
+# Every task class the head-family tests cover: config class and tiny settings.
 TINY_CONFIGS = {
     "BertForSequenceClassification": (transformers.BertConfig, TEXT),
     "RobertaForSequenceClassification": (transformers.RobertaConfig, TEXT),
+    "XLMRobertaForSequenceClassification": (transformers.XLMRobertaConfig, TEXT),
+    "CamembertForSequenceClassification": (transformers.CamembertConfig, TEXT),
+    "AlbertForSequenceClassification": (transformers.AlbertConfig, dict(TEXT, embedding_size=16)),
     "ElectraForSequenceClassification": (transformers.ElectraConfig, dict(TEXT, embedding_size=HIDDEN)),
-    "DistilBertForSequenceClassification": (
-        transformers.DistilBertConfig,
-        dict(vocab_size=99, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=64),
-    ),
+    "DebertaForSequenceClassification": (transformers.DebertaConfig, dict(TEXT, pooler_hidden_size=HIDDEN)),
     "DebertaV2ForSequenceClassification": (transformers.DebertaV2Config, dict(TEXT, pooler_hidden_size=HIDDEN)),
+    "MPNetForSequenceClassification": (transformers.MPNetConfig, TEXT),
+    "ConvBertForSequenceClassification": (transformers.ConvBertConfig, dict(TEXT, embedding_size=HIDDEN)),
+    "ModernBertForSequenceClassification": (transformers.ModernBertConfig, MODERNBERT),
+    "DistilBertForSequenceClassification": (transformers.DistilBertConfig, DISTILBERT),
+    "LlamaForSequenceClassification": (transformers.LlamaConfig, DECODER),
+    "Qwen2ForSequenceClassification": (transformers.Qwen2Config, DECODER),
+    "MistralForSequenceClassification": (transformers.MistralConfig, DECODER),
+    "GPT2ForSequenceClassification": (transformers.GPT2Config, GPT2),
     "BertForQuestionAnswering": (transformers.BertConfig, TEXT),
     "RobertaForQuestionAnswering": (transformers.RobertaConfig, TEXT),
-    "DistilBertForQuestionAnswering": (
-        transformers.DistilBertConfig,
-        dict(vocab_size=99, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=64),
-    ),
+    "AlbertForQuestionAnswering": (transformers.AlbertConfig, dict(TEXT, embedding_size=16)),
+    "ElectraForQuestionAnswering": (transformers.ElectraConfig, dict(TEXT, embedding_size=HIDDEN)),
+    "DebertaV2ForQuestionAnswering": (transformers.DebertaV2Config, TEXT),
+    "ModernBertForQuestionAnswering": (transformers.ModernBertConfig, MODERNBERT),
+    "DistilBertForQuestionAnswering": (transformers.DistilBertConfig, DISTILBERT),
+    "LlamaForQuestionAnswering": (transformers.LlamaConfig, DECODER),
     "Wav2Vec2ForSequenceClassification": (transformers.Wav2Vec2Config, AUDIO),
     "HubertForSequenceClassification": (transformers.HubertConfig, AUDIO),
     "WavLMForSequenceClassification": (transformers.WavLMConfig, AUDIO),
+    "Data2VecAudioForSequenceClassification": (transformers.Data2VecAudioConfig, AUDIO),
+    "Wav2Vec2ConformerForSequenceClassification": (transformers.Wav2Vec2ConformerConfig, AUDIO),
+    "UniSpeechSatForSequenceClassification": (transformers.UniSpeechSatConfig, AUDIO),
+    "ViTForImageClassification": (transformers.ViTConfig, VIT),
+    "DeiTForImageClassification": (transformers.DeiTConfig, VIT),
+    "ConvNextForImageClassification": (transformers.ConvNextConfig, dict(STAGES, num_stages=2)),
+    "ResNetForImageClassification": (transformers.ResNetConfig, dict(STAGES, embedding_size=8)),
+    "SwinForImageClassification": (
+        transformers.SwinConfig,
+        dict(image_size=IMAGE_SIZE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
+    ),
 }
 
 
@@ -78,6 +113,27 @@ def qa_dataset(size: int = 16, length: int = 12, seed: int = 0) -> Dataset:
     return Dataset.from_dict(
         {"input_ids": ids.tolist(), "start_positions": starts.tolist(), "end_positions": (starts + 2).tolist()}
     )
+
+
+def audio_dataset(size: int = 16, seed: int = 0) -> Dataset:
+    """Random waveforms, half of them padded (attention mask 0 over the tail), with a loudness-derived label."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(size, 1, generator=generator) * 2
+    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator) * scale
+    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
+    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
+    labels = (scale.view(-1) * 1.5).long().clamp(max=2)
+    return Dataset.from_dict(
+        {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
+    )
+
+
+def image_dataset(size: int = 16, seed: int = 0) -> Dataset:
+    """Random images whose label is the sign of the red channel's mean."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = (pixels[:, 0].mean(dim=(1, 2)) > 0).long()
+    return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()})
 
 
 @pytest.fixture

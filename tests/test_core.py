@@ -9,12 +9,10 @@ import os
 import pytest
 import safetensors.torch
 import torch
-import transformers
-from conftest import TINY_CONFIGS, no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
+from conftest import no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import SHARED_HEADS
 from spg_hf.spg import per_example_terms, spg_loss
 from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
 
@@ -349,68 +347,7 @@ def test_survival_and_module_losses_are_logged(output_dir):
         assert log["spg/survival_1"] >= log["spg/survival_2"] >= log["spg/survival_3"]
 
 
-# ---- 9. every shared head reproduces its model's own head ----
-
-
-def capture_head_input(model, inputs, pooled: bool = False):
-    entry = SHARED_HEADS[type(model).__name__]
-    captured = {}
-
-    def keep(hidden):
-        captured.setdefault("hidden", hidden)
-
-    if pooled or entry.head_input_module:
-        module = getattr(model, entry.pooled_classifier if pooled else entry.head_input_module)
-        handle = module.register_forward_pre_hook(lambda module, args: keep(args[0]))
-    else:
-        handle = model.base_model.register_forward_hook(lambda module, args, out: keep(out[0]))
-    with torch.no_grad():
-        outputs = model(**inputs)
-    handle.remove()
-    return entry, captured["hidden"], outputs
-
-
-def model_inputs(class_name: str) -> dict:
-    torch.manual_seed(0)
-    if "Wav2Vec2" in class_name or "Hubert" in class_name or "WavLM" in class_name:
-        attention_mask = torch.ones(3, 1600, dtype=torch.long)
-        attention_mask[1, 1000:] = 0
-        return {"input_values": torch.randn(3, 1600), "attention_mask": attention_mask}
-    attention_mask = torch.ones(3, 10, dtype=torch.long)
-    attention_mask[2, 7:] = 0
-    return {"input_ids": torch.randint(5, 99, (3, 10)), "attention_mask": attention_mask}
-
-
-def check_head(model, inputs, pooled: bool = False):
-    model.eval()
-    entry, hidden, outputs = capture_head_input(model, inputs, pooled)
-    with torch.no_grad():
-        if pooled:
-            logits = getattr(model, entry.pooled_classifier)(hidden)
-        else:
-            logits = entry.head(model, hidden, inputs)
-    if entry.task == "question_answering":
-        torch.testing.assert_close(logits[0], outputs.start_logits)
-        torch.testing.assert_close(logits[1], outputs.end_logits)
-    else:
-        torch.testing.assert_close(logits, outputs.logits)
-
-
-@pytest.mark.parametrize("class_name", sorted(SHARED_HEADS))
-def test_shared_head_reproduces_model_logits(class_name):
-    assert set(TINY_CONFIGS) == set(SHARED_HEADS)
-    num_labels = 2 if SHARED_HEADS[class_name].task == "question_answering" else 3
-    check_head(tiny_model(class_name, num_labels=num_labels), model_inputs(class_name))
-
-
-@pytest.mark.parametrize("class_name", ["Wav2Vec2ForSequenceClassification", "WavLMForSequenceClassification"])
-def test_audio_head_with_weighted_layer_sum(class_name):
-    check_head(tiny_model(class_name, use_weighted_layer_sum=True), model_inputs(class_name))
-
-
-@pytest.mark.parametrize("class_name", [n for n, e in SHARED_HEADS.items() if e.pooled_classifier])
-def test_pooled_attach_point_feeds_the_classifier(class_name):
-    check_head(tiny_model(class_name), model_inputs(class_name), pooled=True)
+# ---- 9. other objectives and attach points (every head family: tests/test_heads.py) ----
 
 
 @pytest.mark.parametrize(
@@ -470,15 +407,6 @@ def test_pooled_attach_on_a_model_without_pooler_is_refused(output_dir):
         SPGTrainer(
             model=tiny_model("RobertaForSequenceClassification"), args=training_args(output_dir, spg_attach="pooled")
         )
-
-
-def test_unsupported_model_names_supported_classes(output_dir):
-    model = transformers.GPT2ForSequenceClassification(
-        transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=99, pad_token_id=0)
-    )
-    with pytest.raises(ValueError, match="BertForSequenceClassification"):
-        SPGTrainer(model=model, args=training_args(output_dir))
-    SPGTrainer(model=model, args=training_args(output_dir, spg_enabled=False))  # plain Trainer takes any model
 
 
 def test_trial_values_are_checked_when_training_starts(output_dir):

@@ -1,0 +1,228 @@
+"""Head families: every covered task class resolves to the family the README names, its shared head reproduces the
+model's own logits, SPG trains it and saves a plain folder, SPG off is Trainer, and the chain runs only on the
+positions the head reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+from conftest import IMAGE_SIZE, TINY_CONFIGS, audio_dataset, image_dataset, qa_dataset, text_dataset, tiny_model
+from transformers import Trainer, TrainingArguments
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.heads import FAMILIES, READS_ALL, head_family_for, task_of
+from spg_hf.spg import TRPChain, per_example_terms, spg_loss
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+AUTO_CLASSES = {
+    "ForQuestionAnswering": transformers.AutoModelForQuestionAnswering,
+    "ForImageClassification": transformers.AutoModelForImageClassification,
+    "ForSequenceClassification": transformers.AutoModelForSequenceClassification,
+}
+AUDIO_AUTO_CLASS = transformers.AutoModelForAudioClassification
+
+
+def readme_families() -> dict[str, list[str]]:
+    """Family name -> class names, from the README's supported-models table (rows `| `family` | ... | classes |`)."""
+    section = README.read_text().split("### Supported models", 1)[1]
+    lines = section[section.index("| family |") :].splitlines()
+    table = [line for line in lines[: lines.index("")] if line.startswith("| `")]
+    families = {}
+    for row in table:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        families[cells[0].strip("`")] = re.findall(r"\w+For\w+", cells[-1])
+    return families
+
+
+def build(class_name: str, **overrides) -> transformers.PreTrainedModel:
+    num_labels = {} if "QuestionAnswering" in class_name else {"num_labels": 3}
+    return tiny_model(class_name, **num_labels, **overrides)
+
+
+def model_inputs(model: transformers.PreTrainedModel) -> dict:
+    """A batch of 3 with padding: right padding in row 2 and, for text, left padding in row 1."""
+    torch.manual_seed(0)
+    if model.main_input_name == "pixel_values":
+        return {"pixel_values": torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)}
+    if model.main_input_name == "input_values":
+        attention_mask = torch.ones(3, 1600, dtype=torch.long)
+        attention_mask[1, 1000:] = 0
+        return {"input_values": torch.randn(3, 1600), "attention_mask": attention_mask}
+    input_ids = torch.randint(5, 99, (3, 10))
+    attention_mask = torch.ones(3, 10, dtype=torch.long)
+    attention_mask[2, 7:] = 0
+    attention_mask[1, :2] = 0
+    pad = model.config.get_text_config().pad_token_id or 0
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, pad), "attention_mask": attention_mask}
+
+
+def train_dataset(model: transformers.PreTrainedModel):
+    if task_of(model) == "question_answering":
+        return qa_dataset()
+    return {"pixel_values": image_dataset, "input_values": audio_dataset}.get(model.main_input_name, text_dataset)()
+
+
+def auto_class(model: transformers.PreTrainedModel):
+    if model.main_input_name == "input_values":
+        return AUDIO_AUTO_CLASS
+    return next(auto for suffix, auto in AUTO_CLASSES.items() if type(model).__name__.endswith(suffix))
+
+
+def head_logits(model, family, inputs):
+    """The model's own outputs and the family's head applied to the state it captures, in eval mode."""
+    captured = []
+    if family.capture is None:
+        handle = model.base_model.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    else:
+        module = getattr(model, family.capture)
+        handle = module.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**inputs)
+        shared = family.head(model, family.select(model, captured[0], inputs), inputs)
+    handle.remove()
+    own = (outputs.start_logits, outputs.end_logits) if family.task == "question_answering" else outputs.logits
+    return own, shared
+
+
+COMMON = dict(
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    max_steps=3,
+    logging_steps=1,
+    save_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+)
+
+
+def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
+    return SPGTrainingArguments(output_dir=output_dir, **(COMMON | overrides))
+
+
+# ---- which family, and the README says so ----
+
+
+def test_readme_table_matches_the_resolved_families():
+    documented = readme_families()
+    assert set(documented) == {family.name for family in FAMILIES}
+    listed = [name for names in documented.values() for name in names]
+    assert sorted(listed) == sorted(TINY_CONFIGS)
+    for family_name, class_names in documented.items():
+        for class_name in class_names:
+            assert head_family_for(build(class_name)).name == family_name, class_name
+
+
+@pytest.mark.parametrize("class_name", sorted(TINY_CONFIGS))
+def test_shared_head_reproduces_model_logits(class_name):
+    model = build(class_name)
+    own, shared = head_logits(model, head_family_for(model), model_inputs(model))
+    torch.testing.assert_close(shared, own)
+
+
+@pytest.mark.parametrize("class_name", ["Wav2Vec2ForSequenceClassification", "WavLMForSequenceClassification"])
+def test_audio_head_with_weighted_layer_sum(class_name):
+    model = build(class_name, use_weighted_layer_sum=True)
+    own, shared = head_logits(model, head_family_for(model), model_inputs(model))
+    torch.testing.assert_close(shared, own)
+
+
+def test_mean_pooling_prediction_head_reads_every_token():
+    model = build("ModernBertForSequenceClassification", classifier_pooling="mean")
+    family = head_family_for(model)
+    assert family.reads == READS_ALL
+    own, shared = head_logits(model, family, model_inputs(model))
+    torch.testing.assert_close(shared, own)
+
+
+@pytest.mark.parametrize("class_name", [n for n in sorted(TINY_CONFIGS) if head_family_for(build(n)).offers_pooled])
+def test_pooled_form_feeds_the_classifier(class_name):
+    model = build(class_name)
+    own, shared = head_logits(model, head_family_for(model).pooled_form(), model_inputs(model))
+    torch.testing.assert_close(shared, own)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        transformers.XLNetForSequenceClassification(transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2)),
+        transformers.BertForMultipleChoice(transformers.BertConfig(**TINY_CONFIGS["BertForQuestionAnswering"][1])),
+    ],
+    ids=["head-of-no-family", "task-of-no-family"],
+)
+def test_unsupported_models_say_what_is_missing(output_dir, model):
+    with pytest.raises(ValueError, match=f"SPG does not support {type(model).__name__}: .*(families|task class)"):
+        SPGTrainer(model=model, args=training_args(output_dir))
+    SPGTrainer(model=model, args=training_args(output_dir, spg_enabled=False))  # plain Trainer takes any model
+
+
+# ---- the chain runs on the positions the head reads ----
+
+
+@pytest.mark.parametrize(
+    "class_name",
+    ["BertForSequenceClassification", "RobertaForSequenceClassification", "LlamaForSequenceClassification"],
+)
+def test_chain_on_read_positions_equals_full_length_chain(class_name):
+    model = build(class_name)
+    family = head_family_for(model)
+    inputs = model_inputs(model)
+    labels = torch.tensor([0, 1, 2])
+    chain = TRPChain(family.width(model), [0.0, 0.0, 0.0], "none")
+    with torch.no_grad():
+        # A chain that has learned (zero weights would make the check trivial), on values whose products and sums
+        # are exact in float32: a matrix product over B rows and over B x L rows may round differently otherwise.
+        for parameter in chain.parameters():
+            parameter.copy_(torch.randint(-2, 3, parameter.shape) / 8)
+    model.eval()
+    with torch.no_grad():
+        hidden = (model.base_model(**inputs)[0] * 16).round() / 16
+        on_read = [family.head(model, state, inputs) for state in chain(family.select(model, hidden, inputs))]
+        full = [family.head(model, family.select(model, state, inputs), inputs) for state in chain(hidden)]
+    losses = []
+    for logits in (on_read, full):
+        terms = [per_example_terms("classification", t, labels, 0.5) for t in logits]
+        losses.append(spg_loss(terms[0][0].mean(), terms[0][1], terms, [0.4, 0.2, 0.1], "survivors").loss)
+    assert torch.equal(losses[0], losses[1])
+    for a, b in zip(on_read, full, strict=True):
+        assert torch.equal(a, b)
+
+
+# ---- training: SPG trains and saves a plain folder; SPG off is Trainer ----
+
+
+@pytest.mark.parametrize("class_name", sorted(TINY_CONFIGS))
+def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
+    model = build(class_name)
+    trainer = SPGTrainer(model=model, args=training_args(str(tmp_path / "run")), train_dataset=train_dataset(model))
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert not [name for name in saved if "spg" in name]
+    _, info = auto_class(model).from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+@pytest.mark.parametrize("class_name", sorted(TINY_CONFIGS))
+def test_disabled_spg_equals_trainer(tmp_path, class_name):
+    runs = []
+    for trainer_class, args in (
+        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **COMMON)),
+        (SPGTrainer, training_args(str(tmp_path / "spg"), spg_enabled=False)),
+    ):
+        model = build(class_name)
+        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset(model))
+        trainer.train()
+        runs.append(trainer)
+    losses = [[log["loss"] for log in trainer.state.log_history if "loss" in log] for trainer in runs]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
