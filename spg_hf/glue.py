@@ -135,6 +135,13 @@ class DataTrainingArguments:
         metadata={"help": "Pad every example to max_seq_length. False: pad each batch to its longest example."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    train_subset_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "With max_train_samples: take N training examples drawn at random with this seed instead of the "
+            "first N (the same seed always draws the same subset)."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples per eval set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Predict only the first N examples."})
 
@@ -143,6 +150,8 @@ class DataTrainingArguments:
             self.task_name = normalize_task_name(self.task_name)
         if self.data_dir is None:
             self.data_dir = os.environ.get("GLUE_DIR") or None
+        if self.train_subset_seed is not None and self.max_train_samples is None:
+            raise ValueError("--train_subset_seed draws a random subset of --max_train_samples examples; set both.")
         self.data_dir = expand_path(self.data_dir, "data_dir")
         for argument in ("train_file", "validation_file", "test_file"):
             path = expand_path(getattr(self, argument), argument)
@@ -321,12 +330,17 @@ def _task_from_files(loaded: dict[str, Dataset], files: dict[str, str]) -> GlueT
 
 
 def limit_samples(raw_datasets: DatasetDict, data_args: DataTrainingArguments) -> DatasetDict:
-    """Keep the first max_train/eval/predict_samples examples of each split (before tokenising, to save time)."""
+    """Keep the first max_train/eval/predict_samples examples of each split (before tokenising, to save time); with
+    train_subset_seed, a seeded random draw of max_train_samples training examples instead of the first ones."""
     limited = {}
     for split, dataset in raw_datasets.items():
+        kind = split.split("_")[0]
         limit = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}.get(
-            split.split("_")[0], data_args.max_predict_samples
+            kind, data_args.max_predict_samples
         )
+        if kind == "train" and data_args.train_subset_seed is not None:
+            # In memory: no indices cache file, so the draw depends on the seed alone.
+            dataset = dataset.shuffle(seed=data_args.train_subset_seed, keep_in_memory=True)
         limited[split] = dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
     return DatasetDict(limited)
 

@@ -122,6 +122,27 @@ def test_mrpc_tsv_drops_byte_order_mark_and_uses_hub_columns(glue_dir):
     assert dataset[0]["label"] == 1
 
 
+def test_train_subset_seed_draws_a_fixed_random_subset(glue_dir):
+    train = glue.read_glue_tsv(glue_dir / "MRPC", glue.TASKS["mrpc"], "train")
+    raw = DatasetDict({"train": train, "validation": train.select(range(10))})
+
+    def subset(**settings) -> list[int]:
+        arguments = glue.DataTrainingArguments(task_name="mrpc", data_dir=str(glue_dir), **settings)
+        limited = glue.limit_samples(raw, arguments)
+        assert len(limited["validation"]) == 10  # only the training split is drawn from
+        return limited["train"]["idx"]
+
+    assert subset(max_train_samples=500) == list(range(500))  # without a seed: the first N, as before
+    first = subset(max_train_samples=500, train_subset_seed=1)
+    assert len(first) == len(set(first)) == 500 and first != list(range(500))
+    assert subset(max_train_samples=500, train_subset_seed=1) == first
+    assert subset(max_train_samples=500, train_subset_seed=2) != first
+    # A larger draw with the same seed extends the smaller one (one shuffle, then the first N).
+    assert subset(max_train_samples=1000, train_subset_seed=1)[:500] == first
+    with pytest.raises(ValueError, match="--train_subset_seed .* set both"):
+        glue.DataTrainingArguments(task_name="mrpc", data_dir=str(glue_dir), train_subset_seed=1)
+
+
 def test_stsb_tsv_keeps_unmatched_quotes_in_their_rows(glue_dir):
     task = glue.TASKS["stsb"]
     train = glue.read_glue_tsv(glue_dir / "STS-B", task, "train")

