@@ -327,7 +327,7 @@ def test_sweep_file_errors_name_the_key(tmp_path, capsys):
         ("more_data", 2, 5e-4, 1, 48),
     ]
     assert [comparison.arms for comparison in comparisons] == [["short", "long", "more_data"], ["short", "more_data"]]
-    assert comparisons[0].baseline_of("long") == "short" and comparisons[0].baseline_of("short") is None
+    assert comparisons[1].pairs == (("more_data", "short"),)  # the baseline-and-arms form
 
     bad_configs = {
         "arms.long.lr: no value for task mrpc": {"stages": [{"tasks": ["mrpc"], "arms": ["long"]}]},

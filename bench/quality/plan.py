@@ -176,9 +176,6 @@ class Comparison:
         """Every arm of the comparison, in the order the pairs first name them (baselines first)."""
         return list(dict.fromkeys(arm for treatment, baseline in self.pairs for arm in (baseline, treatment)))
 
-    def baseline_of(self, arm: str) -> str | None:
-        return next((baseline for treatment, baseline in self.pairs if treatment == arm), None)
-
 
 # A comparison's plot can put one of these recipe settings on its x axis.
 PLOT_AXES = ("train_samples", "epochs", "lr")
