@@ -6,8 +6,9 @@ family, Qwen2 and Mistral Llama's. A family says
 - the task, from the task class (`...ForSequenceClassification`, `...ForQuestionAnswering`, ...);
 - when it applies, from the head's modules (a pooler in the base model, a `score` layer, `qa_outputs`, ...);
 - where the head's input is captured: the base model's first output, or the input of one head module;
-- which positions the head reads: the first token, the last non-padding token, a pooled vector, or all positions.
-  The chain runs on those positions only, so a first-token head costs one position per example, not the sequence;
+- which positions the head reads: the first token, the last non-padding token, a pooled vector, all positions, or
+  (token-level tasks) every labelled position. The chain runs on those positions only, so a first-token head costs
+  one position per example, not the sequence;
 - the head as a function of the captured (and reduced) state.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -29,22 +31,32 @@ TASK_SUFFIXES = {
     "ForAudioClassification": "sequence_classification",
     "ForImageClassification": "sequence_classification",
     "ForQuestionAnswering": "question_answering",
+    "ForTokenClassification": "token_classification",
+    "ForMaskedLM": "masked_lm",
+    "ForCausalLM": "causal_lm",
+    "LMHeadModel": "causal_lm",
 }
+IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
+# Tasks whose trajectories are positions (every labelled token), not examples.
+TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm")
 
 # Positions a head reads from the captured state [batch, length, width] (or [batch, width, ...] for "vector").
 READS_FIRST = "first token"
 READS_LAST = "last non-padding token"
 READS_VECTOR = "pooled vector"
 READS_ALL = "all positions"
+READS_LABELLED = "labelled positions"
 
 
 @dataclass(frozen=True)
 class HeadFamily:
     name: str
-    task: str  # "sequence_classification" or "question_answering"
+    task: str  # a value of TASK_SUFFIXES
     rule: str  # what the family's heads do, as the README's supported-models table states it
     matches: Callable[[PreTrainedModel], bool]
-    head: HeadFn  # (model, state reduced to the positions read, model inputs) -> logits or (start, end) logits
+    # (model, state reduced to the positions read, model inputs) -> logits or (start, end) logits. Token-level heads
+    # are position-wise: they map states of any leading shape ([positions, width] in training) to logits.
+    head: HeadFn
     reads: str  # one of READS_*
     capture: str | None = None  # module whose forward input is the head's input; None: model.base_model's output[0]
     # The head ends in a linear `classifier` on a pooled vector: the reference code's "pooled" attach point.
@@ -54,9 +66,13 @@ class HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
         return replace(self, capture="classifier", reads=READS_VECTOR, head=_classifier_head)
 
+    @property
+    def token_level(self) -> bool:
+        return self.task in TOKEN_LEVEL_TASKS
+
     def select(self, model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """The positions of the captured state the head reads, kept as a length-1 sequence where the head indexes
-        a sequence itself."""
+        a sequence itself. Token-level heads read every position; training picks the labelled ones (`token_targets`)."""
         if self.reads == READS_FIRST:
             return state[:, :1]
         if self.reads == READS_LAST:
@@ -133,6 +149,18 @@ def _classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[s
     return model.classifier(state)
 
 
+def _score_per_token_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.score(state)
+
+
+def _lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return lm_head_module(model)(state)
+
+
+def _vocab_projector_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(state))))
+
+
 def _score_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     return model.score(state)[:, 0]
 
@@ -158,6 +186,29 @@ def _module(model: nn.Module, name: str) -> nn.Module | None:
 
 def _has_linear(model: nn.Module, name: str) -> bool:
     return isinstance(getattr(model, name, None), nn.Linear)
+
+
+def lm_head_module(model: nn.Module) -> nn.Module | None:
+    """The task model's own child that holds the output embeddings (BERT's `cls`, RoBERTa's and Llama's `lm_head`):
+    the head transform where the model has one, then the decoder. None when the output embeddings are missing or
+    inside the base model."""
+    output_embeddings = model.get_output_embeddings()
+    if output_embeddings is None:
+        return None
+    for child in model.children():
+        if child is not model.base_model and any(module is output_embeddings for module in child.modules()):
+            return child
+    return None
+
+
+def _applies_lm_head_alone(model: nn.Module) -> bool:
+    # Models that scale or soft-cap the logits after the head (Gemma 2, Cohere) compute more than the head module.
+    config = model.config.get_text_config()
+    return (
+        lm_head_module(model) is not None
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) is None
+    )
 
 
 def _has_span_layer(model: nn.Module, name: str) -> bool:
@@ -204,9 +255,11 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "frame_pooling",
         "sequence_classification",
         "`projector`, masked mean over the valid frames, `classifier` (chain on every frame state)",
-        lambda m: _has_linear(m, "projector")
-        and _has_linear(m, "classifier")
-        and hasattr(m, "_get_feature_vector_attention_mask"),
+        lambda m: (
+            _has_linear(m, "projector")
+            and _has_linear(m, "classifier")
+            and hasattr(m, "_get_feature_vector_attention_mask")
+        ),
         _frame_pooling_head,
         READS_ALL,
         capture="projector",
@@ -269,9 +322,11 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "base_pooler",
         "sequence_classification",
         "the base model's first-token pooler module, `dropout`, `classifier`",
-        lambda m: _module(m.base_model, "pooler") is not None
-        and not _has_linear(m.base_model, "pooler")
-        and _classifies_pooled(m),
+        lambda m: (
+            _module(m.base_model, "pooler") is not None
+            and not _has_linear(m.base_model, "pooler")
+            and _classifies_pooled(m)
+        ),
         _base_pooler_head,
         READS_FIRST,
         offers_pooled=True,
@@ -280,9 +335,11 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "base_linear_pooler",
         "sequence_classification",
         "the base model's linear `pooler` and `pooler_activation` on the first token, `dropout`, `classifier`",
-        lambda m: _has_linear(m.base_model, "pooler")
-        and _module(m.base_model, "pooler_activation") is not None
-        and _classifies_pooled(m),
+        lambda m: (
+            _has_linear(m.base_model, "pooler")
+            and _module(m.base_model, "pooler_activation") is not None
+            and _classifies_pooled(m)
+        ),
         _base_linear_pooler_head,
         READS_FIRST,
         offers_pooled=True,
@@ -291,14 +348,68 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "first_token_classifier",
         "sequence_classification",
         "a `classifier` head module that reads the first token itself (dense, activation, projection)",
-        lambda m: _reads_text(m)
-        and _module(m, "classifier") is not None
-        and not isinstance(m.classifier, nn.Linear)
-        and _module(m.base_model, "pooler") is None,
+        lambda m: (
+            _reads_text(m)
+            and _module(m, "classifier") is not None
+            and not isinstance(m.classifier, nn.Linear)
+            and _module(m.base_model, "pooler") is None
+        ),
         _classifier_head,
         READS_FIRST,
     ),
+    HeadFamily(
+        "token_classifier",
+        "token_classification",
+        "a linear `classifier` on every token state (after the model's own dropout or transform)",
+        lambda m: _has_linear(m, "classifier"),
+        _classifier_head,
+        READS_LABELLED,
+        capture="classifier",
+    ),
+    HeadFamily(
+        "token_score",
+        "token_classification",
+        "a linear `score` on every token state (decoder token classifiers)",
+        lambda m: _has_linear(m, "score"),
+        _score_per_token_head,
+        READS_LABELLED,
+        capture="score",
+    ),
+    HeadFamily(
+        "vocab_projector",
+        "masked_lm",
+        "`vocab_transform`, activation, `vocab_layer_norm`, `vocab_projector` (tied to the input embeddings)",
+        lambda m: _has_linear(m, "vocab_transform") and _has_linear(m, "vocab_projector"),
+        _vocab_projector_head,
+        READS_LABELLED,
+    ),
+    HeadFamily(
+        "masked_lm_head",
+        "masked_lm",
+        "the child module holding the output embeddings: head transform (dense, activation, norm) and decoder",
+        _applies_lm_head_alone,
+        _lm_head,
+        READS_LABELLED,
+    ),
+    HeadFamily(
+        "causal_lm_head",
+        "causal_lm",
+        "the child module holding the output embeddings (`lm_head`), labels shifted by one as the model's loss does",
+        _applies_lm_head_alone,
+        _lm_head,
+        READS_LABELLED,
+    ),
 )
+
+
+def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    """Per position, the label its logits predict (-100: not a trajectory), as the model's own loss pairs them:
+    causal language models predict the next token (labels shifted left by one, or the `shift_labels` input)."""
+    if task != "causal_lm":
+        return labels
+    if inputs.get("shift_labels") is not None:
+        return inputs["shift_labels"]
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
 def task_of(model: nn.Module) -> str | None:

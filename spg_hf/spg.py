@@ -7,20 +7,26 @@ prediction was correct:
     M_0(i) = c_0(i),   M_t(i) = M_{t-1}(i) c_t(i)
     L = mean_i CE_0(i) + sum_t lambda_t sum_i M_{t-1}(i) CE_t(i) / (sum_i M_{t-1}(i) + eps)      ("survivors")
 
-or with the denominator replaced by the batch size ("batch"). In REINFORCE terms the action is the label, the
+or with the denominator replaced by the batch size ("batch"). At the token level (token classification, masked and
+causal language modelling) every labelled position is a trajectory: i runs over positions, not examples.
+In REINFORCE terms the action is the label, the
 policy is the shared head's distribution and the binary return is M; the masked cross-entropy is exactly the
 policy-gradient estimator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 SURVIVOR_EPS = 1e-8
+# Positions per head call in token-level terms: bounds the transient [positions, vocabulary] logits.
+TOKEN_CHUNK = 1024
 
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -87,6 +93,48 @@ def per_example_terms(
     raise ValueError(f"Unknown SPG objective {objective!r}.")
 
 
+def _position_terms(
+    head: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(states).float()
+    return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+
+
+def token_level_terms(
+    chain: TRPChain,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    base_correct: torch.Tensor,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(CE_t, c_t) per labelled position for every module, computed where they count.
+
+    states [N, D] and targets [N] are the labelled positions; base_correct [N] is c_0. Module t's term is masked by
+    M_{t-1}, so the chain and the head run only on the positions still alive: an exact shortcut, not an
+    approximation (CE_t and c_t of a dead position are reported as 0 and False, which the mask ignores anyway). The
+    head runs in chunks under activation checkpointing, so no [positions, vocabulary] logits are kept for backward:
+    they are recomputed chunk by chunk.
+    """
+    size = targets.numel()
+    alive = base_correct.nonzero().squeeze(1)
+    hidden = states[alive]
+    terms = []
+    for replica in chain.replicas:
+        hidden = replica(hidden)
+        pieces = [
+            checkpoint(_position_terms, head, chunk, chunk_targets, use_reentrant=False)
+            for chunk, chunk_targets in zip(hidden.split(TOKEN_CHUNK), targets[alive].split(TOKEN_CHUNK), strict=True)
+        ]
+        # split() yields one empty chunk when no position is alive, so every module still takes part in the graph.
+        alive_losses = torch.cat([losses for losses, _ in pieces])
+        alive_correct = torch.cat([correct for _, correct in pieces])
+        losses = alive_losses.new_zeros(size).index_put((alive,), alive_losses)
+        correct = torch.zeros(size, dtype=torch.bool, device=targets.device).index_put((alive,), alive_correct)
+        terms.append((losses, correct))
+        alive, hidden = alive[alive_correct], hidden[alive_correct]
+    return terms
+
+
 @dataclass
 class SPGLoss:
     loss: torch.Tensor  # the full SPG loss, differentiable
@@ -108,14 +156,15 @@ def spg_loss(
     loss_normalization multiplies by the detached exp(CE_0 - L), as the reference code does for QA.
     """
     alive = base_correct.float()
-    batch_size = alive.numel()
+    # A token-level micro-batch may hold no labelled position: its terms are then 0, not 0 / 0.
+    batch_size = max(alive.numel(), 1)
     total = base_loss
     survival, module_losses = [], []
     for weight, (losses, correct) in zip(weights, module_terms, strict=True):
         denominator = alive.sum() + SURVIVOR_EPS if normalize == "survivors" else batch_size
         term = (alive * losses).sum() / denominator
         total = total + weight * term
-        survival.append(alive.mean())
+        survival.append(alive.sum() / batch_size)
         module_losses.append(term.detach())
         alive = alive * correct.float()
     if loss_normalization:

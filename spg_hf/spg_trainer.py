@@ -24,8 +24,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from spg_hf.cold_start import ColdStartScheduler
-from spg_hf.heads import HeadFamily, head_family_for
-from spg_hf.spg import TRPChain, per_example_terms, spg_loss
+from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets
+from spg_hf.spg import TRPChain, per_example_terms, spg_loss, token_level_terms
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
 
 logger = logging.get_logger(__name__)
@@ -38,6 +38,8 @@ def spg_objective(model: PreTrainedModel, family: HeadFamily) -> str:
     """'classification', 'regression' or 'question_answering' for this model, as its own loss would decide."""
     if family.task == "question_answering":
         return "question_answering"
+    if family.token_level:
+        return "classification"  # of every labelled position
     problem_type = model.config.problem_type
     if problem_type == "regression" or (problem_type is None and model.config.num_labels == 1):
         return "regression"
@@ -79,7 +81,9 @@ class SPGChainRun:
 
         self.armed = False
         self.inputs: dict[str, Any] = {}
-        self.chain_logits: list[Any] | None = None
+        self.targets: Any = None
+        self.captured: torch.Tensor | None = None
+        self.chain_result: Any = None
         if self.family.capture is None:
             capture = model.base_model.register_forward_hook(self._on_base_output)
         else:
@@ -106,34 +110,64 @@ class SPGChainRun:
             return
         # Disarm first: the shared head may contain the hooked module itself.
         self.armed = False
+        if self.family.token_level:
+            # Token-level chains run only where the model's own prediction was right: known after its head ran.
+            self.captured = captured
+            return
         state = self.family.select(self.model, captured, self.inputs)
-        self.chain_logits = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
+        self.chain_result = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if self.chain_logits is None:
+        if self.captured is not None:
+            captured, self.captured = self.captured, None
+            self.chain_result = self._token_level_terms(captured, output["logits"])
+        if self.chain_result is None:
             return None
-        chain_logits, self.chain_logits = self.chain_logits, None
-        return output, chain_logits
+        chain_result, self.chain_result = self.chain_result, None
+        return output, chain_result
 
-    def forward(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[Any, list[Any]]:
-        """Call the (possibly wrapped) model with the chain armed; returns the outputs and the chain's logits."""
-        self.inputs, self.armed = inputs, True
+    def _token_level_terms(self, captured: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, list]:
+        targets = self.targets.reshape(-1).to(logits.device)
+        positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+        targets = targets[positions]
+        base_correct = logits.detach().reshape(-1, logits.shape[-1])[positions].argmax(-1) == targets
+        states = captured.reshape(-1, captured.shape[-1])[positions]
+        terms = token_level_terms(
+            self.chain, lambda state: self.family.head(self.model, state, self.inputs), states, targets, base_correct
+        )
+        return base_correct, terms
+
+    def forward(
+        self, model: nn.Module, inputs: dict[str, Any], targets: Any
+    ) -> tuple[Any, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Call the (possibly wrapped) model with the chain armed; returns its outputs, the correctness c_0 of its own
+        predictions and every module's (CE_t, c_t), per example or, at the token level, per labelled position."""
+        self.inputs, self.targets, self.armed = inputs, targets, True
         try:
             result = model(**inputs)
         finally:
-            self.inputs, self.armed = {}, False
+            self.inputs, self.targets, self.armed = {}, None, False
         if not isinstance(result, tuple) or len(result) != 2:
             raise RuntimeError(
                 f"The SPG chain did not run in the forward of {type(self.model).__name__}: its head family "
                 "captures the wrong module."
             )
-        return result
+        outputs, chain_result = result
+        if self.family.token_level:
+            base_correct, module_terms = chain_result
+            return outputs, base_correct, module_terms
+        tolerance = self.args.spg_regression_tolerance
+        _, base_correct = per_example_terms(self.objective, self.base_logits(outputs), targets, tolerance)
+        module_terms = [per_example_terms(self.objective, logits, targets, tolerance) for logits in chain_result]
+        return outputs, base_correct, module_terms
 
     # ---- loss pieces ----
 
-    def targets(self, inputs: dict[str, Any]) -> Any:
+    def targets_of(self, inputs: dict[str, Any]) -> Any:
         if self.objective == "question_answering":
             return inputs["start_positions"], inputs["end_positions"]
+        if self.family.token_level:
+            return token_targets(self.family.task, inputs, inputs["labels"])
         return inputs["labels"]
 
     def base_logits(self, outputs: Any) -> Any:
@@ -225,12 +259,12 @@ class SPGTrainer(Trainer):
         if run is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=None)
 
-        targets = run.targets(inputs)
+        targets = run.targets_of(inputs)
         labels = None
         if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
-        outputs, chain_logits = run.forward(model, inputs)
+        outputs, base_correct, module_terms = run.forward(model, inputs, targets)
         if labels is None:
             base_loss = outputs["loss"]
         elif self.compute_loss_func is not None:
@@ -238,9 +272,6 @@ class SPGTrainer(Trainer):
         else:
             base_loss = self.label_smoother(outputs, labels)
 
-        tolerance = self.args.spg_regression_tolerance
-        _, base_correct = per_example_terms(run.objective, run.base_logits(outputs), targets, tolerance)
-        module_terms = [per_example_terms(run.objective, logits, targets, tolerance) for logits in chain_logits]
         result = spg_loss(
             base_loss,
             base_correct,

@@ -66,6 +66,17 @@ TINY_CONFIGS = {
     "ModernBertForQuestionAnswering": (transformers.ModernBertConfig, MODERNBERT),
     "DistilBertForQuestionAnswering": (transformers.DistilBertConfig, DISTILBERT),
     "LlamaForQuestionAnswering": (transformers.LlamaConfig, DECODER),
+    "BertForTokenClassification": (transformers.BertConfig, TEXT),
+    "RobertaForTokenClassification": (transformers.RobertaConfig, TEXT),
+    "DistilBertForTokenClassification": (transformers.DistilBertConfig, DISTILBERT),
+    "DebertaV2ForTokenClassification": (transformers.DebertaV2Config, TEXT),
+    "LlamaForTokenClassification": (transformers.LlamaConfig, DECODER),
+    "BertForMaskedLM": (transformers.BertConfig, TEXT),
+    "RobertaForMaskedLM": (transformers.RobertaConfig, TEXT),
+    "DistilBertForMaskedLM": (transformers.DistilBertConfig, DISTILBERT),
+    "GPT2LMHeadModel": (transformers.GPT2Config, GPT2),
+    "LlamaForCausalLM": (transformers.LlamaConfig, DECODER),
+    "Qwen2ForCausalLM": (transformers.Qwen2Config, DECODER),
     "Wav2Vec2ForSequenceClassification": (transformers.Wav2Vec2Config, AUDIO),
     "HubertForSequenceClassification": (transformers.HubertConfig, AUDIO),
     "WavLMForSequenceClassification": (transformers.WavLMConfig, AUDIO),
@@ -113,6 +124,16 @@ def qa_dataset(size: int = 16, length: int = 12, seed: int = 0) -> Dataset:
     return Dataset.from_dict(
         {"input_ids": ids.tolist(), "start_positions": starts.tolist(), "end_positions": (starts + 2).tolist()}
     )
+
+
+def token_dataset(size: int = 16, length: int = 12, seed: int = 0, task: str = "token_classification") -> Dataset:
+    """Token sequences with per-position labels and some positions ignored (-100), different counts per example.
+    token_classification: label = a function of the token; masked_lm / causal_lm: the tokens themselves."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (size, length), generator=generator)
+    labels = (ids > 50).long() if task == "token_classification" else ids.clone()
+    ignored = torch.rand(size, length, generator=generator) < torch.linspace(0.2, 0.8, size)[:, None]
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.masked_fill(ignored, -100).tolist()})
 
 
 def audio_dataset(size: int = 16, seed: int = 0) -> Dataset:

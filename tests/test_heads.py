@@ -11,16 +11,29 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import IMAGE_SIZE, TINY_CONFIGS, audio_dataset, image_dataset, qa_dataset, text_dataset, tiny_model
+from conftest import (
+    IMAGE_SIZE,
+    TINY_CONFIGS,
+    audio_dataset,
+    image_dataset,
+    qa_dataset,
+    text_dataset,
+    tiny_model,
+    token_dataset,
+)
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import FAMILIES, READS_ALL, head_family_for, task_of
+from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for, task_of
 from spg_hf.spg import TRPChain, per_example_terms, spg_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 AUTO_CLASSES = {
     "ForQuestionAnswering": transformers.AutoModelForQuestionAnswering,
+    "ForTokenClassification": transformers.AutoModelForTokenClassification,
+    "ForMaskedLM": transformers.AutoModelForMaskedLM,
+    "ForCausalLM": transformers.AutoModelForCausalLM,
+    "LMHeadModel": transformers.AutoModelForCausalLM,
     "ForImageClassification": transformers.AutoModelForImageClassification,
     "ForSequenceClassification": transformers.AutoModelForSequenceClassification,
 }
@@ -35,7 +48,7 @@ def readme_families() -> dict[str, list[str]]:
     families = {}
     for row in table:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        families[cells[0].strip("`")] = re.findall(r"\w+For\w+", cells[-1])
+        families[cells[0].strip("`")] = re.findall(r"\w+(?:For\w+|LMHeadModel)", cells[-1])
     return families
 
 
@@ -64,6 +77,8 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
 def train_dataset(model: transformers.PreTrainedModel):
     if task_of(model) == "question_answering":
         return qa_dataset()
+    if task_of(model) in TOKEN_LEVEL_TASKS:
+        return token_dataset(task=task_of(model))
     return {"pixel_values": image_dataset, "input_values": audio_dataset}.get(model.main_input_name, text_dataset)()
 
 
