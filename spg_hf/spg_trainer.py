@@ -12,9 +12,11 @@ How it fits into Trainer (README "Inside Trainer" gives the reasons):
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 import os
+import textwrap
 from typing import Any
 
 import safetensors.torch
@@ -185,23 +187,44 @@ ITEM_COUNT_LOSSES = (
 )
 
 
+def forward_passes_item_count_to_loss_function(model_class: type) -> bool:
+    """Whether the class's forward calls `self.loss_function` with its `**kwargs` (where Trainer puts the count) or
+    with `num_items_in_batch=`, read from its source; False when the source cannot be read."""
+    forward = inspect.unwrap(model_class.forward)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    definition = next(node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    kwargs_name = definition.args.kwarg.arg if definition.args.kwarg else None
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "loss_function":
+            for keyword in node.keywords:
+                if keyword.arg == "num_items_in_batch":
+                    return True
+                if keyword.arg is None and isinstance(keyword.value, ast.Name) and keyword.value.id == kwargs_name:
+                    return True
+    return False
+
+
 def loss_divides_by_item_count(model: nn.Module) -> bool:
     """Whether the model's forward divides its loss by the `num_items_in_batch` Trainer passes it, rather than only
     accepting the argument in `**kwargs` (upstream issue #47688).
 
     A model with an `accepts_loss_kwargs` attribute is taken at its word, as Trainer takes it. Otherwise its forward
-    must compute the loss with `self.loss_function` (a forward that builds its own loss module, as
-    BertForSequenceClassification and BertForMaskedLM do, drops the count), and that function must divide by the
-    count: the causal LM, masked LM, token classification, QA and segmentation losses do; the sequence
-    classification loss does for single-label classification only (its regression and multi-label branches take a
-    plain mean; `problem_type=None` with several labels counts as single-label, as the loss decides for integer
-    labels). Whatever this cannot see counts as not dividing: Trainer then trains it as it trains a model whose
-    forward takes no `**kwargs`, which can average micro-batches unevenly but never inflates them.
+    must hand the count to `self.loss_function` (`forward_passes_item_count_to_loss_function`): a forward that
+    builds its own loss module, as BertForSequenceClassification and BertForMaskedLM do, or calls `loss_function`
+    without its `**kwargs`, as the decoder sequence classifiers (LlamaForSequenceClassification, ...) do, drops it.
+    And the loss function must divide by the count: the causal LM, masked LM, token classification, QA and
+    segmentation losses do; the sequence classification loss does for single-label classification only (its
+    regression and multi-label branches take a plain mean; `problem_type=None` with several labels counts as
+    single-label, as the loss decides for integer labels). Whatever this cannot see counts as not dividing: Trainer
+    then trains it as it trains a model whose forward takes no `**kwargs`, which can average micro-batches unevenly
+    but never inflates them.
     """
     if hasattr(model, "accepts_loss_kwargs"):
         return bool(model.accepts_loss_kwargs)
-    forward_code = getattr(inspect.unwrap(type(model).forward), "__code__", None)
-    if forward_code is None or "loss_function" not in forward_code.co_names:
+    if not forward_passes_item_count_to_loss_function(type(model)):
         return False
     loss_function = model.loss_function
     if loss_function is ForSequenceClassificationLoss:

@@ -48,13 +48,30 @@ BERT = dict(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=2, num_attentio
 # Dropout 0 everywhere, so runs that split the same examples differently compute the same function.
 MODELS = {
     "BertForSequenceClassification": (transformers.BertConfig, dict(BERT, **no_dropout())),
+    "LlamaForSequenceClassification": (transformers.LlamaConfig, DECODER),
     "LlamaForCausalLM": (transformers.LlamaConfig, DECODER),
     "BertForMaskedLM": (transformers.BertConfig, dict(BERT, **no_dropout())),
     "ModernBertForMaskedLM": (transformers.ModernBertConfig, MODERN_BERT),
 }
-# Their forward takes **kwargs but computes its own loss, so it drops num_items_in_batch; stock Trainer still counts
-# their loss as scaled for accumulation and multiplies the gradient by the accumulation steps (upstream #47688).
-INFLATED_BY_TRAINER = {"BertForSequenceClassification", "BertForMaskedLM"}
+# Their forward takes **kwargs but drops num_items_in_batch (BERT computes its own loss; the decoder classifier calls
+# loss_function without its kwargs); stock Trainer still counts their loss as scaled for accumulation and multiplies
+# the gradient by the accumulation steps (upstream #47688).
+INFLATED_BY_TRAINER = {"BertForSequenceClassification", "LlamaForSequenceClassification", "BertForMaskedLM"}
+# A mamba-only Zamba2 classifier: its forward hands **kwargs to the sequence classification loss.
+ZAMBA2 = dict(
+    vocab_size=99,
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    layers_block_type=["mamba", "mamba"],
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    mamba_d_state=8,
+    mamba_headdim=8,
+    n_mamba_heads=8,
+    pad_token_id=0,
+    use_cache=False,
+)
 
 DDP_WORKER = os.path.join(os.path.dirname(__file__), "ddp_item_count_worker.py")
 MICRO_BATCH = 2
@@ -80,7 +97,7 @@ def labelled_counts(size: int, balanced: bool) -> list[int]:
 def token_dataset(name: str, size: int = 16, balanced: bool = False) -> Dataset:
     """Random sequences with a different number of labelled positions per example (sequence classification: one
     label each)."""
-    if name == "BertForSequenceClassification":
+    if name.endswith("ForSequenceClassification"):
         return text_dataset(size=size, length=LENGTH)
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 99, (size, LENGTH), generator=generator)
@@ -172,11 +189,11 @@ def test_item_count_rule(name):
     assert loss_divides_by_item_count(build_model(name)) == (name not in INFLATED_BY_TRAINER)
 
 
-def test_item_count_rule_for_sequence_classification_losses():
-    # One loss function, ForSequenceClassificationLoss: it divides by the count for single-label classification
-    # only; its regression branch is a plain mean.
-    single_label = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**DECODER, num_labels=2))
-    regression = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**DECODER, num_labels=1))
+def test_item_count_rule_for_sequence_classification_loss():
+    # The sequence classification loss divides by the count for single-label classification only; its regression
+    # branch is a plain mean.
+    single_label = transformers.Zamba2ForSequenceClassification(transformers.Zamba2Config(**ZAMBA2, num_labels=2))
+    regression = transformers.Zamba2ForSequenceClassification(transformers.Zamba2Config(**ZAMBA2, num_labels=1))
     assert loss_divides_by_item_count(single_label)
     assert not loss_divides_by_item_count(regression)
     # A declared accepts_loss_kwargs is taken at its word, as Trainer takes it.
@@ -247,10 +264,10 @@ def counting_loss_func_case() -> tuple:
     return model, text_dataset(size=16), dict(compute_loss_func=summed_cross_entropy), SPG_EXACT_UNDER_ACCUMULATION
 
 
-def decoder_classifier_case() -> tuple:
-    """SPG on a decoder classifier, whose loss divides by the count (single-label)."""
+def dividing_classifier_case() -> tuple:
+    """SPG on a classifier whose loss divides by the count."""
     torch.manual_seed(4)
-    model = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**DECODER, num_labels=2))
+    model = transformers.Zamba2ForSequenceClassification(transformers.Zamba2Config(**ZAMBA2, num_labels=2))
     return model, text_dataset(size=16), {}, SPG_EXACT_UNDER_ACCUMULATION
 
 
@@ -259,12 +276,14 @@ def causal_lm_case() -> tuple:
     return build_model("LlamaForCausalLM"), token_dataset("LlamaForCausalLM"), {}, dict(spg_enabled=False)
 
 
-# Cases whose accumulated update must equal one large batch's, also across processes (tests/ddp_item_count_worker.py).
+# Cases whose accumulated update must equal one large batch's; the first two also across processes
+# (tests/ddp_item_count_worker.py).
 ACCUMULATION_CASES = {
     "counting_loss_func": counting_loss_func_case,
-    "decoder_classifier": decoder_classifier_case,
     "causal_lm": causal_lm_case,
+    "dividing_classifier": dividing_classifier_case,
 }
+DDP_CASES = ["counting_loss_func", "causal_lm"]
 
 
 def large_batch_weights(output_dir: str, case: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -290,37 +309,30 @@ def test_spg_with_counting_loss_func_accumulation_matches_large_batch(tmp_path):
     assert_accumulation_matches_large_batch(str(tmp_path), "counting_loss_func")
 
 
-def decoder_classifiers_supported() -> bool:
-    try:
-        check_spg_support(decoder_classifier_case()[0], SPGTrainingArguments("unused", use_cpu=True))
-    except ValueError:
-        return False
-    return True
-
-
 def test_spg_on_counting_model_accumulation_matches_large_batch(tmp_path):
     # The base term keeps Trainer's normalisation, the module terms are weighted by each micro-batch's share.
-    if not decoder_classifiers_supported():
-        pytest.skip("no SPG head for decoder classifiers in this tree")
-    assert_accumulation_matches_large_batch(str(tmp_path), "decoder_classifier")
+    try:
+        check_spg_support(dividing_classifier_case()[0], SPGTrainingArguments("unused", use_cpu=True))
+    except ValueError as error:
+        pytest.skip(f"no SPG head for Zamba2 classifiers in this tree: {error}")
+    assert_accumulation_matches_large_batch(str(tmp_path), "dividing_classifier")
 
 
 @pytest.mark.slow
 def test_ddp_accumulation_matches_one_process_large_batch(tmp_path):
     # Trainer sums the item count over processes (average_tokens_across_devices) and multiplies the loss back by
     # the process count; two processes accumulating 2 micro-batches each must take one process's large-batch step.
-    cases = [case for case in ACCUMULATION_CASES if case != "decoder_classifier" or decoder_classifiers_supported()]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", DDP_WORKER]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     result = subprocess.run(
-        [*command, "--output_dir", str(tmp_path), "--cases", *cases],
+        [*command, "--output_dir", str(tmp_path), "--cases", *DDP_CASES],
         env=environment,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, f"DDP workers failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    for case in cases:
+    for case in DDP_CASES:
         start, large = large_batch_weights(str(tmp_path / f"{case}_large"), case)
         assert max((large[k] - v).abs().max() for k, v in start.items()) > 1e-3
         for rank in range(2):
