@@ -276,12 +276,13 @@ class SPGTrainer(Trainer):
         ):
             self.model_accepts_loss_kwargs = False
         if self.args.spg_enabled:
-            check_spg_support(self.model, self.args)
-            self._check_loss_normalization()
+            self._check_spg_loss_settings(spg_objective(self.model, check_spg_support(self.model, self.args)))
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
 
-    def _check_loss_normalization(self) -> None:
+    def _check_spg_loss_settings(self, objective: str) -> None:
+        """ValueErrors for loss settings SPG cannot honour. Where Trainer counts items it takes the loss as scaled
+        for accumulation (see compute_loss)."""
         if self.args.spg_loss_normalization and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
             source = "compute_loss_func" if self.compute_loss_func is not None else type(self.model).__name__
             raise ValueError(
@@ -289,11 +290,12 @@ class SPGTrainer(Trainer):
                 f"{source} is divided by the item count of the whole accumulated batch (num_items_in_batch). "
                 "Set spg_loss_normalization=False."
             )
-
-    @property
-    def loss_is_scaled_for_ga(self) -> bool | None:
-        # SPG training steps scale their loss for accumulation in compute_loss; other steps leave it to Trainer.
-        return True if getattr(self, "_spg_run", None) is not None else None
+        if self.compute_loss_func is not None and objective == "question_answering":
+            raise ValueError(
+                "compute_loss_func: SPG computes the question-answering loss from start and end positions, with no "
+                "labels to pass to it (and Trainer would take its loss as scaled for accumulation). Leave it unset "
+                "or set spg_enabled=False."
+            )
 
     # ---- attaching and detaching the chain ----
 
@@ -303,10 +305,10 @@ class SPGTrainer(Trainer):
         super()._hp_search_setup(trial)
         if self.args.spg_enabled:
             validate_spg_settings(self.args)
-            self._check_loss_normalization()
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             self._spg_run = SPGChainRun(self.model, self.args)
+            self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
             # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
             self.optimizer = None
@@ -342,9 +344,11 @@ class SPGTrainer(Trainer):
 
         targets = run.targets(inputs)
         # Trainer counts the items of the accumulated batch only for a loss that divides by the count (the model's,
-        # see loss_divides_by_item_count, or compute_loss_func's). The base term then comes back divided by it, and
-        # each SPG term, a mean over this micro-batch, is weighted by the micro-batch's share of the items, so the
-        # loss of the accumulated batch is that of one large batch (exactly for spg_normalize="batch").
+        # see loss_divides_by_item_count, or compute_loss_func's) and then takes the loss as scaled for accumulation.
+        # The base term comes back divided by the count, and each SPG term, a mean over this micro-batch, is weighted
+        # by the micro-batch's share of the items, so the accumulated loss is that of one large batch (exactly for
+        # spg_normalize="batch"). Without a count every term is a micro-batch mean, which Trainer divides by the
+        # accumulation steps.
         item_share = None if num_items_in_batch is None else self._micro_batch_items(inputs) / num_items_in_batch
         labels = None
         if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
@@ -376,9 +380,7 @@ class SPGTrainer(Trainer):
         )
         run.record(result.survival, result.module_losses)
         loss = result.loss
-        if item_share is None:
-            loss = loss / self.current_gradient_accumulation_steps
-        elif self.args.average_tokens_across_devices:
+        if item_share is not None and self.args.average_tokens_across_devices:
             loss = loss * self._processes_sharing_item_count()
         return (loss, outputs) if return_outputs else loss
 

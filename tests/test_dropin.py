@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import HIDDEN, no_dropout, text_dataset, tiny_bert
+from conftest import HIDDEN, no_dropout, text_dataset, tiny_bert, tiny_model
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
@@ -86,8 +86,8 @@ def build_model(name: str) -> transformers.PreTrainedModel:
 
 
 def labelled_counts(size: int, balanced: bool) -> list[int]:
-    """Labelled positions per example, all different in a row of 8. balanced: every pair of neighbours (one micro-batch
-    under sequential sampling) holds the same total, LENGTH."""
+    """Labelled positions per example, uneven. balanced: every pair of neighbours (one micro-batch under sequential
+    sampling) holds the same total, LENGTH."""
     counts = [1, 4, 7, 2, 9, 3, 6, 8]
     if balanced:
         counts = [count if i % 2 == 0 else LENGTH - counts[i - 1] for i, count in enumerate(counts)]
@@ -157,17 +157,11 @@ def train_run(tmp_path_factory):
         output_dir = str(tmp_path_factory.mktemp(f"{trainer}_{name}"))
         sizes = dict(per_device_train_batch_size=micro_batch, gradient_accumulation_steps=accumulation)
         if trainer == "stock":
-            trainer_object = Trainer(
-                model=model,
-                args=run_arguments(TrainingArguments, output_dir, **sizes),
-                train_dataset=token_dataset(name, balanced=balanced),
-            )
+            trainer_class, args = Trainer, run_arguments(TrainingArguments, output_dir, **sizes)
         else:
-            trainer_object = SPGTrainer(
-                model=model,
-                args=run_arguments(SPGTrainingArguments, output_dir, spg_enabled=False, **sizes),
-                train_dataset=token_dataset(name, balanced=balanced),
-            )
+            args = run_arguments(SPGTrainingArguments, output_dir, spg_enabled=False, **sizes)
+            trainer_class = SPGTrainer
+        trainer_object = trainer_class(model=model, args=args, train_dataset=token_dataset(name, balanced=balanced))
         trainer_object.train()
         end = {k: v.detach().clone() for k, v in model.named_parameters()}
         return Run(start, end, trainer_object.state.log_history)
@@ -340,10 +334,14 @@ def test_ddp_accumulation_matches_one_process_large_batch(tmp_path):
             assert_same_weights(large, ranked)
 
 
-def test_loss_normalization_refused_for_a_counting_loss(tmp_path):
+def test_loss_settings_spg_cannot_honour_are_refused(tmp_path):
     args = SPGTrainingArguments(str(tmp_path), use_cpu=True, report_to="none", spg_loss_normalization=True)
     with pytest.raises(ValueError, match="spg_loss_normalization"):
         SPGTrainer(model=tiny_bert(), args=args, compute_loss_func=summed_cross_entropy)
+    # QA has no labels to pass a compute_loss_func, and Trainer would take its loss as scaled for accumulation.
+    args = SPGTrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        SPGTrainer(model=tiny_model("BertForQuestionAnswering"), args=args, compute_loss_func=summed_cross_entropy)
 
 
 # ---- arguments: a plain TrainingArguments, and none ----
