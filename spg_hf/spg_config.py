@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 SPG_ATTACH_CHOICES = ("tokens", "pooled")
 SPG_ACTIVATION_CHOICES = ("none", "relu")
@@ -17,7 +20,11 @@ class SPGTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the SPG settings. Every default follows the paper (see the README)."""
 
     spg_enabled: bool = field(
-        default=True, metadata={"help": "Train with SPG. False: SPGTrainer trains exactly like Trainer."}
+        default=True,
+        metadata={
+            "help": "Train with SPG. False: SPGTrainer trains like Trainer, except that under gradient accumulation "
+            "it does not inflate the update of models that drop num_items_in_batch (upstream issue #47688)."
+        },
     )
     spg_weights: list[float] = field(
         default_factory=lambda: [0.4, 0.2, 0.1],
@@ -86,6 +93,27 @@ class SPGTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         validate_spg_settings(self)
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> SPGTrainingArguments:
+        """The same arguments with the SPG settings at their defaults: what `SPGTrainer` trains with when handed a
+        plain `TrainingArguments`. Every field keeps its value; the new object runs `__post_init__` on values the
+        first one already normalised, which leaves them unchanged."""
+        given = {f.name for f in fields(args) if f.init}
+        unknown = sorted(given - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"args: SPGTrainer converts a TrainingArguments to SPGTrainingArguments keeping every field, but "
+                f"{type(args).__name__} has fields SPGTrainingArguments lacks ({', '.join(unknown)}). Build the "
+                "arguments as a subclass of SPGTrainingArguments instead."
+            )
+        converted = cls(**{name: getattr(args, name) for name in given})
+        added = [f"{f.name}={getattr(converted, f.name)!r}" for f in fields(cls) if f.init and f.name not in given]
+        logger.info(
+            f"SPGTrainer got a {type(args).__name__}: converted it to SPGTrainingArguments, adding the SPG defaults "
+            f"{', '.join(added)}."
+        )
+        return converted
 
     @property
     def spg_dropout_rates(self) -> list[float]:

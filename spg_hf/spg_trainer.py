@@ -12,15 +12,26 @@ How it fits into Trainer (README "Inside Trainer" gives the reasons):
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import os
+import textwrap
 from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.loss.loss_utils import (
+    ForCausalLMLoss,
+    ForMaskedLMLoss,
+    ForQuestionAnsweringLoss,
+    ForSemanticSegmentationLoss,
+    ForSequenceClassificationLoss,
+    ForTokenClassification,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, unwrap_peft_model
 from transformers.utils import logging
 
 from spg_hf.cold_start import ColdStartScheduler
@@ -188,33 +199,128 @@ class SPGChainRun:
         self.recorded_batches += 1
 
 
-class SPGTrainer(Trainer):
-    """Drop-in `Trainer` that trains with SPG when `args.spg_enabled` (an `SPGTrainingArguments`).
+# Trainer(args=None) trains into this folder.
+DEFAULT_OUTPUT_DIR = "tmp_trainer"
 
-    With `spg_enabled=False` it is `Trainer`. In both modes the loss of a micro-batch is its mean, and Trainer
-    divides it by the accumulation steps, so gradient accumulation gives the update of the larger batch
-    (stock Trainer doubles it for models whose forward takes **kwargs, upstream issue #47688).
+# transformers losses that sum over the labelled items and divide by `num_items_in_batch` when they are given it.
+ITEM_COUNT_LOSSES = (
+    ForCausalLMLoss,
+    ForMaskedLMLoss,
+    ForTokenClassification,
+    ForQuestionAnsweringLoss,
+    ForSemanticSegmentationLoss,
+)
+
+
+def forward_passes_item_count_to_loss_function(model_class: type) -> bool:
+    """Whether the class's forward calls `self.loss_function` with its `**kwargs` (where Trainer puts the count) or
+    with `num_items_in_batch=`, read from its source; False when the source cannot be read."""
+    forward = inspect.unwrap(model_class.forward)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    definition = next(node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    kwargs_name = definition.args.kwarg.arg if definition.args.kwarg else None
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "loss_function":
+            for keyword in node.keywords:
+                if keyword.arg == "num_items_in_batch":
+                    return True
+                if keyword.arg is None and isinstance(keyword.value, ast.Name) and keyword.value.id == kwargs_name:
+                    return True
+    return False
+
+
+def loss_divides_by_item_count(model: nn.Module) -> bool:
+    """Whether the model's forward divides its loss by the `num_items_in_batch` Trainer passes it, rather than only
+    accepting the argument in `**kwargs` (upstream issue #47688).
+
+    A model with an `accepts_loss_kwargs` attribute is taken at its word, as Trainer takes it. Otherwise its forward
+    must hand the count to `self.loss_function` (`forward_passes_item_count_to_loss_function`): a forward that
+    builds its own loss module, as BertForSequenceClassification and BertForMaskedLM do, or calls `loss_function`
+    without its `**kwargs`, as the decoder sequence classifiers (LlamaForSequenceClassification, ...) do, drops it.
+    And the loss function must divide by the count: the causal LM, masked LM, token classification, QA and
+    segmentation losses do; the sequence classification loss does for single-label classification only (its
+    regression and multi-label branches take a plain mean; `problem_type=None` with several labels counts as
+    single-label, as the loss decides for integer labels). Whatever this cannot see counts as not dividing: Trainer
+    then trains it as it trains a model whose forward takes no `**kwargs`, which can average micro-batches unevenly
+    but never inflates them.
+    """
+    if hasattr(model, "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    if not forward_passes_item_count_to_loss_function(type(model)):
+        return False
+    loss_function = model.loss_function
+    if loss_function is ForSequenceClassificationLoss:
+        problem_type = model.config.problem_type
+        return problem_type == "single_label_classification" or (problem_type is None and model.config.num_labels > 1)
+    return loss_function in ITEM_COUNT_LOSSES
+
+
+def as_spg_training_arguments(args: TrainingArguments | None) -> SPGTrainingArguments:
+    """`args` as SPGTrainingArguments: unchanged if they are, converted from a plain TrainingArguments (every field
+    kept, SPG defaults added), or the defaults Trainer uses when there are none."""
+    if args is None:
+        logger.info(f"No `SPGTrainingArguments` passed, using `output_dir={DEFAULT_OUTPUT_DIR}`.")
+        return SPGTrainingArguments(output_dir=DEFAULT_OUTPUT_DIR)
+    if isinstance(args, SPGTrainingArguments):
+        return args
+    if isinstance(args, TrainingArguments):
+        return SPGTrainingArguments.from_training_arguments(args)
+    raise TypeError(f"args must be a TrainingArguments or SPGTrainingArguments, got {type(args).__name__}.")
+
+
+class SPGTrainer(Trainer):
+    """`Trainer` that trains with SPG when `args.spg_enabled`; it takes every argument `Trainer` takes.
+
+    `args` may be `SPGTrainingArguments`, a plain `TrainingArguments` (converted, SPG defaults added) or None (the
+    defaults). With `spg_enabled=False` it is `Trainer`, except for models whose forward takes `num_items_in_batch`
+    in `**kwargs` without dividing by it (`loss_divides_by_item_count`): Trainer would count their loss as scaled
+    for gradient accumulation and inflate the update by the accumulation steps (upstream issue #47688), so they are
+    trained as Trainer trains models without `**kwargs`: each micro-batch's mean, divided by the accumulation steps.
+    Models that divide by the count keep Trainer's normalisation over the whole accumulated batch.
     """
 
-    loss_is_scaled_for_ga = False
     USER_OPTIMIZER_ERROR = (
         "optimizers: SPG adds temporary parameters when training starts, so it needs the optimizer Trainer builds. "
         "Pass optimizer_cls_and_kwargs instead of optimizers=(optimizer, scheduler), or set spg_enabled=False."
     )
 
     def __init__(
-        self, model: PreTrainedModel | nn.Module | None = None, args: SPGTrainingArguments | None = None, **kwargs: Any
+        self, model: PreTrainedModel | nn.Module | None = None, args: TrainingArguments | None = None, **kwargs: Any
     ) -> None:
-        if args is not None and not isinstance(args, SPGTrainingArguments):
-            raise TypeError(f"SPGTrainer needs args of type SPGTrainingArguments, got {type(args).__name__}.")
-        super().__init__(model=model, args=args, **kwargs)
+        super().__init__(model=model, args=as_spg_training_arguments(args), **kwargs)
         self._user_optimizer = kwargs.get("optimizers", (None, None))[0] is not None
         self._spg_run: SPGChainRun | None = None
         self._update_steps_per_epoch: int | None = None
+        # Trainer counts items, passes the count to the model and skips the division by the accumulation steps for
+        # every model whose forward takes **kwargs; only a model that divides by the count may keep that.
+        if self.model_accepts_loss_kwargs and not loss_divides_by_item_count(
+            unwrap_peft_model(self.accelerator.unwrap_model(self.model))
+        ):
+            self.model_accepts_loss_kwargs = False
         if self.args.spg_enabled:
-            check_spg_support(self.model, self.args)
+            self._check_spg_loss_settings(spg_objective(self.model, check_spg_support(self.model, self.args)))
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
+
+    def _check_spg_loss_settings(self, objective: str) -> None:
+        """ValueErrors for loss settings SPG cannot honour. Where Trainer counts items it takes the loss as scaled
+        for accumulation (see compute_loss)."""
+        if self.args.spg_loss_normalization and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
+            source = "compute_loss_func" if self.compute_loss_func is not None else type(self.model).__name__
+            raise ValueError(
+                "spg_loss_normalization multiplies a per-batch mean loss by exp(CE_0 - L), but the loss of "
+                f"{source} is divided by the item count of the whole accumulated batch (num_items_in_batch). "
+                "Set spg_loss_normalization=False."
+            )
+        if self.compute_loss_func is not None and objective == "question_answering":
+            raise ValueError(
+                "compute_loss_func: SPG computes the question-answering loss from start and end positions, with no "
+                "labels to pass to it (and Trainer would take its loss as scaled for accumulation). Leave it unset "
+                "or set spg_enabled=False."
+            )
 
     # ---- attaching and detaching the chain ----
 
@@ -227,6 +333,7 @@ class SPGTrainer(Trainer):
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             self._spg_run = SPGChainRun(self.model, self.args)
+            self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
             # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
             self.optimizer = None
@@ -257,31 +364,67 @@ class SPGTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         run = self._spg_run
         if run is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=None)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
         targets = run.targets_of(inputs)
+        # Trainer counts the items of the accumulated batch only for a loss that divides by the count (the model's,
+        # see loss_divides_by_item_count, or compute_loss_func's) and then takes the loss as scaled for accumulation.
+        # The base term comes back divided by the count, and each SPG term, a mean over this micro-batch, is weighted
+        # by the micro-batch's share of the items, so the accumulated loss is that of one large batch (exactly for
+        # spg_normalize="batch"). Without a count every term is a micro-batch mean, which Trainer divides by the
+        # accumulation steps.
+        item_share = None if num_items_in_batch is None else self._micro_batch_items(inputs) / num_items_in_batch
         labels = None
         if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs, base_correct, module_terms = run.forward(model, inputs, targets)
         if labels is None:
             base_loss = outputs["loss"]
         elif self.compute_loss_func is not None:
-            base_loss = self.compute_loss_func(outputs, labels, num_items_in_batch=None)
+            base_loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         else:
-            base_loss = self.label_smoother(outputs, labels)
+            base_loss = self.label_smoother(outputs, labels, num_items_in_batch=num_items_in_batch)
 
+        weights = self.args.spg_weights
+        if item_share is not None:
+            weights = [weight * item_share for weight in weights]
         result = spg_loss(
             base_loss,
             base_correct,
             module_terms,
-            self.args.spg_weights,
+            weights,
             self.args.spg_normalize,
             self.args.spg_loss_normalization,
         )
         run.record(result.survival, result.module_losses)
-        return (result.loss, outputs) if return_outputs else result.loss
+        loss = result.loss
+        if item_share is not None and self.args.average_tokens_across_devices:
+            loss = loss * self._processes_sharing_item_count()
+        return (loss, outputs) if return_outputs else loss
+
+    def _micro_batch_items(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """This micro-batch's part of Trainer's item count: its labels that are not -100, taken after the shift
+        for losses that shift them (causal LMs)."""
+        if "shift_labels" in inputs:
+            labels = inputs["shift_labels"]
+        elif self._loss_shifts_labels:
+            labels = inputs["labels"][..., 1:]
+        else:
+            labels = inputs["labels"]
+        return labels.ne(-100).sum()
+
+    def _processes_sharing_item_count(self) -> int:
+        """With average_tokens_across_devices the item count is summed over the processes while data parallelism
+        averages their gradients, so a loss divided by it is multiplied back by the number of data-parallel
+        replicas (processes over tensor-parallel groups, or the GPUs of DataParallel), as Trainer does."""
+        if self.args.n_gpu > 1:
+            return self.args.n_gpu
+        return self.accelerator.num_processes // self.get_tp_size()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         run = self._spg_run
