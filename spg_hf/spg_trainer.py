@@ -13,6 +13,7 @@ How it fits into Trainer (README "Inside Trainer" gives the reasons):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import safetensors.torch
@@ -24,6 +25,7 @@ from transformers.utils import logging
 
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import SharedHead, shared_head_for
+from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import TRPChain, per_example_terms, spg_loss
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
 
@@ -328,3 +330,19 @@ class SPGTrainer(Trainer):
                 )
             cold_start.start(scheduler, self.args, num_training_steps, self._update_steps_per_epoch)
         return scheduler
+
+    # ---- model card: after an SPG run it says so, where HF users look ----
+
+    def create_model_card(self, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """Trainer's model card (README.md in output_dir, also written by `push_to_hub`). After an SPG run it carries
+        the `spg` tag, names the method with a link to the paper, lists the SPG settings and gives a BibTeX citation.
+        """
+        if not self.args.spg_enabled:
+            return super().create_model_card(tags=tags, **kwargs)
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        if MODEL_CARD_TAG not in tags:
+            tags.append(MODEL_CARD_TAG)
+        super().create_model_card(tags=tags, **kwargs)
+        if self.is_world_process_zero():
+            card_path = Path(self.args.output_dir) / "README.md"
+            card_path.write_text(add_spg_sections(card_path.read_text(encoding="utf-8"), self.args), encoding="utf-8")
