@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, get_scheduler
+from transformers.trainer_utils import has_length
 
 
 class ColdStartCallback(TrainerCallback):
@@ -68,7 +69,7 @@ class ColdStartCallback(TrainerCallback):
             )
         if not isinstance(lr_scheduler, LambdaLR):
             raise ValueError(
-                f"The optimizer cold start needs a step-wise LambdaLR schedule (every lr_scheduler_type but "
+                "The optimizer cold start needs a step-wise LambdaLR schedule (every lr_scheduler_type but "
                 f"reduce_lr_on_plateau and greedy), got {type(lr_scheduler).__name__}."
             )
         if not _is_schedule_of(lr_scheduler, args, max_steps):
@@ -101,9 +102,10 @@ class ColdStartCallback(TrainerCallback):
         train_dataloader: Any = None,
         **kwargs: Any,
     ) -> None:
-        # Trainer has built its schedule (and restored a checkpoint's) by now; the same count as Trainer's.
+        # Trainer has built its schedule (and restored a checkpoint's) by now. Optimizer steps per epoch as
+        # Trainer counts them.
         update_steps_per_epoch = None
-        if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+        if train_dataloader is not None and has_length(train_dataloader):
             update_steps_per_epoch = max(math.ceil(len(train_dataloader) / args.gradient_accumulation_steps), 1)
         self.start(lr_scheduler, args, state.max_steps, update_steps_per_epoch)
 

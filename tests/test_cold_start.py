@@ -140,6 +140,17 @@ def test_cold_start_as_long_as_training_is_refused(output_dir):
         train(output_dir, [ColdStartCallback(epochs=2)], num_train_epochs=2)
 
 
+def test_epochs_without_a_dataset_length_are_refused(output_dir):
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=plain_args(output_dir, max_steps=4),
+        train_dataset=text_dataset(size=24).to_iterable_dataset(),
+        callbacks=[ColdStartCallback(epochs=1)],
+    )
+    with pytest.raises(ValueError, match="needs a training set with a length"):
+        trainer.train()
+
+
 def test_schedule_it_cannot_rebuild_is_refused(output_dir):
     with pytest.raises(ValueError, match="LambdaLR"):
         Trainer(
