@@ -20,12 +20,12 @@ from spg_hf.audio import (
     TRAIN,
     AudioModelArguments,
     DataTrainingArguments,
-    compute_accuracy,
     load_feature_extractor,
     load_model,
+    make_compute_metrics,
     prepare_datasets,
 )
-from spg_hf.cli import parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.cli import parse_arguments, prepare_output_dir, setup_logging, write_model_card
 
 logger = logging.getLogger("spg_hf")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=raw_datasets.get(TRAIN),
         eval_dataset=raw_datasets.get(EVAL),
-        compute_metrics=compute_accuracy,
+        compute_metrics=make_compute_metrics(),
         processing_class=feature_extractor,
     )
 
@@ -68,12 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
-    trainer.create_model_card(
-        finetuned_from=model_args.model_name_or_path,
-        tasks="audio-classification",
-        dataset=data_args.dataset_name or data_args.data_dir,
-        tags=["audio-classification", "spg"],
-    )
+    if training_args.do_train:
+        write_model_card(trainer, tasks="audio-classification", dataset=data_args.dataset_name)
     return metrics
 
 

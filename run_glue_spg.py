@@ -19,7 +19,7 @@ import os
 from transformers import set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, glue
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging, write_model_card
 
 logger = logging.getLogger("spg_hf.run_glue")
 
@@ -86,6 +86,12 @@ def main() -> None:
                 path = os.path.join(training_args.output_dir, glue.predictions_file_name(task, split))
                 glue.write_predictions(path, task, glue.predicted_labels(task, output.predictions))
                 logger.info(f"Predictions written to {path}")
+
+    if training_args.do_train:
+        card = dict(tasks="text-classification")
+        if task.name is not None:
+            card |= dict(dataset_tags=glue.HUB_DATASET, dataset_args=task.name, dataset=f"GLUE {task.name.upper()}")
+        write_model_card(trainer, **card)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging, write_model_card
 from spg_hf.qa import (
     DataTrainingArguments,
     evaluate_squad,
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics |= eval_metrics
+    if training_args.do_train:
+        write_model_card(trainer, tasks="question-answering", dataset=data_args.dataset_name)
     return metrics
 
 

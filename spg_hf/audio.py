@@ -12,7 +12,7 @@ import io
 import logging
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from spg_hf.cli import ModelArguments, expand_path, resolve_package_path
+from spg_hf.metrics import load_hub_metric
 
 logger = logging.getLogger("spg_hf")
 
@@ -541,6 +542,24 @@ def load_model(model_args: AudioModelArguments, label_list: list[str]) -> PreTra
 
 
 def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Accuracy of the argmax over the logits."""
+    """Accuracy of the argmax over the logits, computed locally."""
+    return {"accuracy": float(np.mean(predicted_ids(eval_pred) == eval_pred.label_ids))}
+
+
+def predicted_ids(eval_pred: EvalPrediction) -> np.ndarray:
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == eval_pred.label_ids))}
+    return np.argmax(logits, axis=-1)
+
+
+def make_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
+    """A Trainer `compute_metrics`: evaluate's accuracy (as HF run_audio_classification) when the hub is reachable,
+    else compute_accuracy."""
+    hub_metric = load_hub_metric("accuracy")
+    if hub_metric is None:
+        return compute_accuracy
+
+    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+        result = hub_metric.compute(predictions=predicted_ids(eval_pred), references=eval_pred.label_ids)
+        return {name: float(value) for name, value in result.items()}
+
+    return compute_metrics

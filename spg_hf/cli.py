@@ -205,3 +205,12 @@ def prepare_output_dir(training_args: Any) -> str | None:
     if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
         logger.info(f"Resuming from {last_checkpoint}; set overwrite_output_dir to start from scratch instead.")
     return training_args.resume_from_checkpoint or last_checkpoint
+
+
+def write_model_card(trainer: transformers.Trainer, **card: Any) -> None:
+    """The HF example scripts' last step: with push_to_hub, push the model and its card to the hub; otherwise write
+    the card to output_dir/README.md. After an SPG run the card names the method, its settings and the paper."""
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from spg_hf.cli import ModelArguments, expand_path
+from spg_hf.metrics import load_hub_metric
 
 logger = logging.getLogger("spg_hf.glue")
 
@@ -410,8 +411,7 @@ def make_data_collator(
 
 
 def glue_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """GLUE's metric for the task, from predicted ids (or scores, for regression) and labels. With more than one
-    metric, 'combined_score' is their mean (as in HF run_glue)."""
+    """GLUE's metric for the task, from predicted ids (or scores, for regression) and labels, computed locally."""
     if task.name == "cola":
         result = {"matthews_correlation": float(matthews_corrcoef(labels, predictions))}
     elif task.is_regression:
@@ -423,9 +423,22 @@ def glue_metrics(task: GlueTask, predictions: np.ndarray, labels: np.ndarray) ->
         result = {"accuracy": float(accuracy_score(labels, predictions)), "f1": float(f1_score(labels, predictions))}
     else:
         result = {"accuracy": float(accuracy_score(labels, predictions))}
+    return with_combined_score(result)
+
+
+def with_combined_score(result: dict[str, float]) -> dict[str, float]:
+    """With more than one metric, 'combined_score' is their mean (as in HF run_glue)."""
     if len(result) > 1:
         result["combined_score"] = float(np.mean(list(result.values())))
     return result
+
+
+def load_hub_glue_metric(task: GlueTask) -> Any | None:
+    """The evaluate metric HF run_glue uses for the task (None offline). Files of your own get accuracy, or for
+    regression GLUE's STS-B metric (Pearson and Spearman, as computed locally; run_glue would give MSE)."""
+    if task.name is not None:
+        return load_hub_metric("glue", task.name)
+    return load_hub_metric("glue", "stsb") if task.is_regression else load_hub_metric("accuracy")
 
 
 def predicted_labels(task: GlueTask, predictions: np.ndarray | tuple) -> np.ndarray:
@@ -435,10 +448,15 @@ def predicted_labels(task: GlueTask, predictions: np.ndarray | tuple) -> np.ndar
 
 
 def compute_metrics_for(task: GlueTask) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A Trainer `compute_metrics` for the task."""
+    """A Trainer `compute_metrics` for the task: evaluate's metric when the hub is reachable, else the local one."""
+    hub_metric = load_hub_glue_metric(task)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        return glue_metrics(task, predicted_labels(task, prediction.predictions), prediction.label_ids)
+        predictions, labels = predicted_labels(task, prediction.predictions), prediction.label_ids
+        if hub_metric is None:
+            return glue_metrics(task, predictions, labels)
+        result = hub_metric.compute(predictions=predictions, references=labels)
+        return with_combined_score({name: float(value) for name, value in result.items()})
 
     return compute_metrics
 

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from spg_hf.cli import ModelArguments, expand_path
+from spg_hf.metrics import load_hub_metric
 
 logger = logging.getLogger(__name__)
 
@@ -494,11 +495,13 @@ def f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """exact_match and f1 in percent, each the max over a question's gold answers, averaged over questions.
-
-    A question whose gold answers are empty is unanswerable (v2.0): only '' scores on it. When there are such
-    questions, HasAns_* / NoAns_* give the scores on the answerable / unanswerable ones.
+def squad_metrics(
+    predictions: dict[str, str], references: dict[str, list[str]], version_2_with_negative: bool = False
+) -> dict[str, float]:
+    """EM and F1 in percent, each the max over a question's gold answers, averaged over questions, under the names of
+    evaluate's metrics: exact_match and f1 (squad); for v2.0 exact, f1 and total, and HasAns_* / NoAns_* on the
+    answerable / unanswerable questions (squad_v2). A question whose gold answers are empty is unanswerable: only ''
+    scores on it.
     """
     missing = references.keys() - predictions.keys()
     if missing:
@@ -509,16 +512,39 @@ def squad_metrics(predictions: dict[str, str], references: dict[str, list[str]])
         prediction = predictions[question_id]
         score = (max(exact_match(prediction, g) for g in golds), max(f1(prediction, g) for g in golds))
         scores["HasAns" if golds != [""] else "NoAns"].append(score)
+    exact_name = "exact" if version_2_with_negative else "exact_match"
 
     def summary(pairs: list[tuple[float, float]], prefix: str = "") -> dict[str, float]:
         exact, overlap = np.mean(pairs, axis=0) if pairs else (0.0, 0.0)
-        return {f"{prefix}exact_match": 100 * float(exact), f"{prefix}f1": 100 * float(overlap)}
+        return {f"{prefix}{exact_name}": 100 * float(exact), f"{prefix}f1": 100 * float(overlap)}
 
-    metrics = summary(scores["HasAns"] + scores["NoAns"])
-    if scores["NoAns"]:
+    every_question = scores["HasAns"] + scores["NoAns"]
+    metrics = summary(every_question)
+    if version_2_with_negative:
+        metrics["total"] = float(len(every_question))
         for kind, pairs in scores.items():
-            metrics |= summary(pairs, f"{kind}_") | {f"{kind}_total": float(len(pairs))}
+            if pairs:
+                metrics |= summary(pairs, f"{kind}_") | {f"{kind}_total": float(len(pairs))}
     return metrics
+
+
+def score_squad(predictions: dict[str, str], examples: datasets.Dataset, version_2_with_negative: bool) -> dict:
+    """squad_metrics, by evaluate's squad / squad_v2 metric (as HF run_qa) when the hub is reachable."""
+    hub_metric = load_hub_metric("squad_v2" if version_2_with_negative else "squad")
+    if hub_metric is None:
+        references = dict(zip(examples["id"], (answers["text"] for answers in examples["answers"]), strict=True))
+        return squad_metrics(predictions, references, version_2_with_negative)
+    # The post-processing decides "no answer" by null_score_diff_threshold and keeps no probability for it, so,
+    # as in HF run_qa, every question gets probability 0; squad_v2's best_* threshold sweep over those constant
+    # values says nothing, and is left out (it is not computed locally either).
+    extra = {"no_answer_probability": 0.0} if version_2_with_negative else {}
+    result = hub_metric.compute(
+        predictions=[{"id": key, "prediction_text": text, **extra} for key, text in predictions.items()],
+        references=[
+            {"id": key, "answers": answers} for key, answers in zip(examples["id"], examples["answers"], strict=True)
+        ],
+    )
+    return {name: float(value) for name, value in result.items() if not name.startswith("best_")}
 
 
 def evaluate_squad(
@@ -538,8 +564,8 @@ def evaluate_squad(
         max_answer_length=data_args.max_answer_length,
         null_score_diff_threshold=data_args.null_score_diff_threshold,
     )
-    references = dict(zip(examples["id"], (answers["text"] for answers in examples["answers"]), strict=True))
-    metrics = {f"eval_{name}": value for name, value in squad_metrics(predictions, references).items()}
+    scores = score_squad(predictions, examples, data_args.version_2_with_negative)
+    metrics = {f"eval_{name}": value for name, value in scores.items()}
     metrics.update(output.metrics)
     metrics["eval_samples"] = len(examples)
     if trainer.is_world_process_zero():

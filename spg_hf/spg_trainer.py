@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 import os
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import safetensors.torch
@@ -34,8 +34,9 @@ from transformers.loss.loss_utils import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, unwrap_peft_model
 from transformers.utils import logging
 
-from spg_hf.cold_start import ColdStartScheduler
+from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets
+from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import TRPChain, per_example_terms, spg_loss, token_level_terms
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
 
@@ -468,29 +469,46 @@ class SPGTrainer(Trainer):
             load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in self._spg_run.chain_keys]
         super()._issue_warnings_after_load(load_result)
 
-    # ---- optimizer cold start ----
+    # ---- optimizer cold start: the ColdStartCallback a plain Trainer takes, configured by the arguments ----
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         values = super().set_initial_training_values(args, dataloader)
         self._update_steps_per_epoch = values[1]
         return values
 
-    def cold_start_steps(self) -> int:
+    def cold_start(self) -> ColdStartCallback | None:
+        """The cold start `cold_start_steps` / `cold_start_epochs` ask for, if any. Read when training starts, since
+        a hyperparameter-search trial may set them."""
         if self.args.cold_start_steps > 0:
-            return self.args.cold_start_steps
+            return ColdStartCallback(steps=self.args.cold_start_steps)
         if self.args.cold_start_epochs > 0:
-            return math.ceil(self.args.cold_start_epochs * self._update_steps_per_epoch)
-        return 0
+            return ColdStartCallback(epochs=self.args.cold_start_epochs)
+        return None
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        cold_steps = self.cold_start_steps()
-        if cold_steps == 0 or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if cold_steps >= num_training_steps:
-            raise ValueError(
-                f"The optimizer cold start ({cold_steps} steps from cold_start_steps/cold_start_epochs) must be "
-                f"shorter than training ({num_training_steps} steps)."
-            )
-        schedule = super().create_scheduler(num_training_steps - cold_steps, optimizer)
-        self.lr_scheduler = ColdStartScheduler(optimizer or self.optimizer, schedule, cold_steps)
-        return self.lr_scheduler
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        cold_start = self.cold_start()
+        if cold_start is not None:
+            if any(isinstance(callback, ColdStartCallback) for callback in self.callback_handler.callbacks):
+                raise ValueError(
+                    "cold_start_steps / cold_start_epochs and a ColdStartCallback both ask for an optimizer cold "
+                    "start; keep one of them."
+                )
+            cold_start.start(scheduler, self.args, num_training_steps, self._update_steps_per_epoch)
+        return scheduler
+
+    # ---- model card: after an SPG run it says so, where HF users look ----
+
+    def create_model_card(self, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """Trainer's model card (README.md in output_dir, also written by `push_to_hub`). After an SPG run it carries
+        the `spg` tag, names the method with a link to the paper, lists the SPG settings and gives a BibTeX citation.
+        """
+        if not self.args.spg_enabled:
+            return super().create_model_card(tags=tags, **kwargs)
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        if MODEL_CARD_TAG not in tags:
+            tags.append(MODEL_CARD_TAG)
+        super().create_model_card(tags=tags, **kwargs)
+        if self.is_world_process_zero():
+            card_path = Path(self.args.output_dir) / "README.md"
+            card_path.write_text(add_spg_sections(card_path.read_text(encoding="utf-8"), self.args), encoding="utf-8")

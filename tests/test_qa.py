@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from spg_hf import qa
@@ -122,6 +123,8 @@ def test_run_qa_spg_end_to_end_on_two_real_articles(tmp_path, two_articles, pad_
     assert info["missing_keys"] == set() and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(out).is_fast
+    card = ModelCard.load(out / "README.md")
+    assert {"spg", "generated_from_trainer"} <= set(card.data.tags)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,13 +157,15 @@ def test_squad_metrics_take_the_best_gold_answer_and_average():
 def test_squad_v2_metrics_score_empty_answers_and_break_down():
     references = {"has": ["Denver Broncos"], "none1": [], "none2": []}
     predictions = {"has": "Broncos", "none1": "", "none2": "Denver"}
-    metrics = squad_metrics(predictions, references)
-    assert metrics["exact_match"] == pytest.approx(100 / 3)  # only none1
+    metrics = squad_metrics(predictions, references, version_2_with_negative=True)
+    assert metrics["exact"] == pytest.approx(100 / 3)  # only none1
     assert metrics["f1"] == pytest.approx(100 * (2 / 3 + 1) / 3)  # has: P 1, R 1/2 -> 2/3
-    assert metrics["HasAns_exact_match"] == 0.0 and metrics["HasAns_f1"] == pytest.approx(200 / 3)
-    assert metrics["NoAns_exact_match"] == 50.0 and metrics["NoAns_f1"] == 50.0
-    assert (metrics["HasAns_total"], metrics["NoAns_total"]) == (1.0, 2.0)
-    assert "HasAns_f1" not in squad_metrics({"has": "x"}, {"has": ["x"]})
+    assert metrics["HasAns_exact"] == 0.0 and metrics["HasAns_f1"] == pytest.approx(200 / 3)
+    assert metrics["NoAns_exact"] == 50.0 and metrics["NoAns_f1"] == 50.0
+    assert (metrics["total"], metrics["HasAns_total"], metrics["NoAns_total"]) == (3.0, 1.0, 2.0)
+    # As the official script: a breakdown only for the kinds of question present; v1.1 has none.
+    assert "NoAns_f1" not in squad_metrics({"has": "x"}, {"has": ["x"]}, version_2_with_negative=True)
+    assert set(squad_metrics(predictions, references)) == {"exact_match", "f1"}
 
 
 def test_squad_metrics_refuse_missing_predictions():
