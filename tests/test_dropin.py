@@ -270,12 +270,27 @@ def causal_lm_case() -> tuple:
     return build_model("LlamaForCausalLM"), token_dataset("LlamaForCausalLM"), {}, dict(spg_enabled=False)
 
 
+def spg_causal_lm_case() -> tuple:
+    """Token-level SPG on a causal LM, with labels its own next-token predictions on a varying number of positions
+    per example: every labelled position survives module 1 at the start, so the module terms are not empty."""
+    model = build_model("LlamaForCausalLM")
+    dataset = token_dataset("LlamaForCausalLM")
+    ids = torch.tensor(dataset["input_ids"])
+    with torch.no_grad():
+        predicted = model(input_ids=ids).logits.argmax(-1)
+    labels = torch.tensor(dataset["labels"])
+    labels[:, 1:] = torch.where(labels[:, 1:] == -100, -100, predicted[:, :-1])
+    dataset = dataset.remove_columns("labels").add_column("labels", labels.tolist())
+    return model, dataset, {}, SPG_EXACT_UNDER_ACCUMULATION
+
+
 # Cases whose accumulated update must equal one large batch's; the first two also across processes
 # (tests/ddp_item_count_worker.py).
 ACCUMULATION_CASES = {
     "counting_loss_func": counting_loss_func_case,
     "causal_lm": causal_lm_case,
     "dividing_classifier": dividing_classifier_case,
+    "spg_causal_lm": spg_causal_lm_case,
 }
 DDP_CASES = ["counting_loss_func", "causal_lm"]
 
@@ -310,6 +325,12 @@ def test_spg_on_counting_model_accumulation_matches_large_batch(tmp_path):
     except ValueError as error:
         pytest.skip(f"no SPG head for Zamba2 classifiers in this tree: {error}")
     assert_accumulation_matches_large_batch(str(tmp_path), "dividing_classifier")
+
+
+def test_token_level_spg_accumulation_matches_large_batch(tmp_path):
+    # Module terms over labelled positions ("batch": divided by the micro-batch's positions) weighted by the
+    # micro-batch's share of Trainer's token count give the large batch's update.
+    assert_accumulation_matches_large_batch(str(tmp_path), "spg_causal_lm")
 
 
 @pytest.mark.slow
