@@ -25,7 +25,7 @@ from spg_hf.audio import (
     load_model,
     prepare_datasets,
 )
-from spg_hf.cli import parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.cli import parse_arguments, prepare_output_dir, run_main, setup_logging
 
 logger = logging.getLogger("spg_hf")
 
@@ -78,4 +78,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

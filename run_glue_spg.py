@@ -19,7 +19,7 @@ import os
 from transformers import set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, glue
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, run_main, setup_logging
 
 logger = logging.getLogger("spg_hf.run_glue")
 
@@ -89,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
