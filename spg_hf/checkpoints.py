@@ -61,6 +61,8 @@ def checkpoint_defect(folder: str) -> str | None:
 
 def checkpoint_folders(output_dir: str) -> list[str]:
     """The `checkpoint-<step>` folders of `output_dir`, newest step first."""
+    if not os.path.isdir(output_dir):
+        return []
     steps = {}
     for name in os.listdir(output_dir):
         match = CHECKPOINT_FOLDER.match(name)

@@ -340,7 +340,7 @@ class SPGTrainer(Trainer):
             raise ValueError(
                 f"{resume_from_checkpoint} was saved by an SPG run (it has {SPG_WEIGHTS_NAME}), so its optimizer "
                 "state includes the SPG modules: continue it with spg_enabled=True and its spg_weights and "
-                "spg_dropout_rates, or train without SPG from its weights (which leave out the SPG modules) in a new "
+                "spg_dropout, or train without SPG from its weights (which leave out the SPG modules) in a new "
                 f"output_dir (model_name_or_path={resume_from_checkpoint})."
             )
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -85,8 +85,13 @@ def resumed_from(trainer: SPGTrainer, monkeypatch) -> list[str]:
 # ---- each part of the save at step 4 fails; the rerun resumes from the newest complete checkpoint ----
 
 
-@pytest.mark.parametrize("partway", [False, True], ids=["before", "partway"])
-@pytest.mark.parametrize("part", SAVE_PARTS)
+# Each part cut off in its last file, and the save stopped with every file written but trainer_state.json.
+FAULTS = [(part, True) for part in SAVE_PARTS] + [("save_to_json", False)]
+
+
+@pytest.mark.parametrize(
+    "part, partway", FAULTS, ids=[f"{part}-{'partway' if partway else 'before'}" for part, partway in FAULTS]
+)
 def test_rerun_after_a_failed_save_matches_uninterrupted_run(
     tmp_path, monkeypatch, caplog, uninterrupted, part, partway
 ):
