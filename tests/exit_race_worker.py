@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from spg_hf.cli import run_main
 
-LATE_SECONDS = 2.0
+LATE_SECONDS = 5.0  # long enough for rank 0 to be deep in interpreter shutdown, even on a busy machine
 
 
 def main() -> None:
