@@ -6,7 +6,8 @@ that exit non-zero (issue 14: some used to abort at interpreter exit after a goo
 
 Every launch is `torchrun --standalone --nproc_per_node 2 tests/ddp_train_worker.py` in a fresh output folder. A
 launch fails if torchrun exits non-zero; the JSON report keeps the exit status, wall time and, for failures, the
-end of the output.
+end of the output. `--worker exit_race` launches tests/exit_race_worker.py instead, the abort's cause made certain,
+ended through spg_hf.cli.run_main or, with `--plain_exit`, without it.
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "ddp_train_worker.py"
+WORKERS = {"ddp_train": REPO / "tests" / "ddp_train_worker.py", "exit_race": REPO / "tests" / "exit_race_worker.py"}
 ABORT_MESSAGE = "terminate called"
 
 
-def launch(models: list[str], timeout: float) -> dict:
+def worker_command(cli: argparse.Namespace, output_dir: str) -> list[str]:
+    if cli.worker == "ddp_train":
+        return [str(WORKERS["ddp_train"]), "--output_dir", output_dir, "--models", *cli.models]
+    return [str(WORKERS["exit_race"]), *([] if cli.plain_exit else ["--run_main"])]
+
+
+def launch(cli: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="ddp_exits_") as output_dir:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        command += [str(WORKER), "--output_dir", output_dir, "--models", *models]
+        command += worker_command(cli, output_dir)
         environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         start = time.perf_counter()
-        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=cli.timeout)
     outcome = {"returncode": result.returncode, "wall_s": round(time.perf_counter() - start, 1)}
     if result.returncode != 0:
         output = result.stdout + result.stderr
@@ -43,14 +50,17 @@ def launch(models: list[str], timeout: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--launches", type=int, default=50)
+    parser.add_argument("--worker", choices=sorted(WORKERS), default="ddp_train")
     parser.add_argument("--models", nargs="+", choices=["bert", "wav2vec2"], default=["bert", "wav2vec2"])
+    parser.add_argument("--plain_exit", action="store_true", help="exit_race: end without spg_hf.cli.run_main.")
     parser.add_argument("--timeout", type=float, default=600, help="Seconds one launch may take.")
     parser.add_argument("--output", type=Path, help="JSON report, rewritten after every launch.")
     cli = parser.parse_args()
 
-    report = {"launches": 0, "failures": 0, "models": cli.models, "runs": []}
+    settings = {"worker": cli.worker, "models": cli.models, "plain_exit": cli.plain_exit}
+    report = {"launches": 0, "failures": 0, **settings, "runs": []}
     for index in range(1, cli.launches + 1):
-        outcome = launch(cli.models, cli.timeout)
+        outcome = launch(cli)
         report["launches"] += 1
         report["failures"] += outcome["returncode"] != 0
         report["runs"].append(outcome)
