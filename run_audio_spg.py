@@ -25,7 +25,7 @@ from spg_hf.audio import (
     make_compute_metrics,
     prepare_datasets,
 )
-from spg_hf.cli import parse_arguments, prepare_output_dir, setup_logging, write_model_card
+from spg_hf.cli import parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
 
 logger = logging.getLogger("spg_hf")
 
@@ -74,4 +74,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

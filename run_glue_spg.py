@@ -19,7 +19,7 @@ import os
 from transformers import set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, glue
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging, write_model_card
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
 
 logger = logging.getLogger("spg_hf.run_glue")
 
@@ -95,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

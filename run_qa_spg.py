@@ -14,7 +14,7 @@ import logging
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, setup_logging, write_model_card
+from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
 from spg_hf.qa import (
     DataTrainingArguments,
     evaluate_squad,
@@ -81,4 +81,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
 import yaml
 from transformers import AutoConfig, HfArgumentParser, PretrainedConfig, PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
+
+from spg_hf.checkpoints import CHECKPOINT_FOLDER, last_complete_checkpoint
 
 logger = logging.getLogger("spg_hf")
 
@@ -191,18 +195,23 @@ def setup_logging(training_args: transformers.TrainingArguments) -> None:
 def prepare_output_dir(training_args: Any) -> str | None:
     """HF's `overwrite_output_dir` semantics: return the checkpoint to resume from, or None to start fresh.
 
-    A non-empty output_dir without checkpoints is never trained into unless overwrite_output_dir is set.
+    The checkpoint is the newest complete one; newer ones whose save was cut off are skipped with a warning. A
+    non-empty output_dir without checkpoints is never trained into unless overwrite_output_dir is set; one that holds
+    only cut-off checkpoints (a run killed during its first save) is trained into from scratch.
     """
     output_dir = Path(training_args.output_dir)
     if not training_args.do_train or training_args.overwrite_output_dir or not output_dir.is_dir():
         return None
-    last_checkpoint = get_last_checkpoint(str(output_dir))
-    if last_checkpoint is None and any(output_dir.iterdir()):
-        raise ValueError(
-            f"output_dir {output_dir} already exists and is not empty. Set overwrite_output_dir to train into it, "
-            "or choose another output_dir."
-        )
-    if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+    last_checkpoint, skipped = last_complete_checkpoint(str(output_dir))
+    if last_checkpoint is None:
+        if any(not CHECKPOINT_FOLDER.match(entry.name) for entry in output_dir.iterdir()):
+            raise ValueError(
+                f"output_dir {output_dir} already exists and is not empty. Set overwrite_output_dir to train into "
+                "it, or choose another output_dir."
+            )
+        if skipped:
+            logger.warning(f"No complete checkpoint in {output_dir}: training starts from scratch.")
+    elif training_args.resume_from_checkpoint is None:
         logger.info(f"Resuming from {last_checkpoint}; set overwrite_output_dir to start from scratch instead.")
     return training_args.resume_from_checkpoint or last_checkpoint
 
@@ -214,3 +223,22 @@ def write_model_card(trainer: transformers.Trainer, **card: Any) -> None:
         trainer.push_to_hub(**card)
     else:
         trainer.create_model_card(**card)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's `main()`; after a multi-process run, end the process without Python's interpreter shutdown.
+
+    A gloo process group's worker threads (`pt_gloo_runloop`, torch c10d) can drop the last reference to a Python
+    object (a future's callback, a tensor) after `main()` has returned. Once Python has begun finalizing, CPython
+    before 3.14 ends a thread that asks for the GIL with pthread_exit, and its unwinding through a C++ noexcept
+    destructor aborts the process ("terminate called without an active exception", cpython gh-87135) after a good
+    run. So, once every process is done (a barrier), the atexit handlers run and the process exits at once.
+    """
+    main()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -13,6 +13,7 @@ How it fits into Trainer (README "Inside Trainer" gives the reasons):
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import os
 import textwrap
@@ -31,9 +32,11 @@ from transformers.loss.loss_utils import (
     ForSequenceClassificationLoss,
     ForTokenClassification,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, unwrap_peft_model
 from transformers.utils import logging
 
+from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
@@ -346,9 +349,10 @@ class SPGTrainer(Trainer):
                 f"objective {self._spg_run.objective}."
             )
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             if self._spg_run is not None:
                 self._spg_run.detach()
@@ -442,27 +446,73 @@ class SPGTrainer(Trainer):
     # ---- checkpoints carry the temporary weights; saved models do not ----
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self._spg_run is not None and self.args.should_save:
+        if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            self._start_checkpoint(folder)
+        super()._save_checkpoint(model, trial)
+
+    def _start_checkpoint(self, folder: str) -> None:
+        # Trainer writes trainer_state.json last and deletes older checkpoints after it, so that file marks a complete
+        # checkpoint (spg_hf.checkpoints): the SPG weights go in before Trainer starts, and the mark and SPG weights
+        # that an interrupted earlier save of this step left behind go first, so that old and new files never pass
+        # for one complete checkpoint.
+        os.makedirs(folder, exist_ok=True)
+        for name in (TRAINER_STATE_NAME, SPG_WEIGHTS_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+        if self._spg_run is not None:
             safetensors.torch.save_file(
                 {name: tensor.contiguous() for name, tensor in self._spg_run.chain.state_dict().items()},
                 os.path.join(folder, SPG_WEIGHTS_NAME),
             )
 
+    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """Trainer's `resume_from_checkpoint`, where True picks the newest *complete* checkpoint of output_dir (stock
+        Trainer takes the newest folder, even one whose save was cut off) and a given folder must be complete."""
+        if resume_from_checkpoint is True:
+            checkpoint, skipped = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                found = "; ".join(skipped) or "no checkpoint folders"
+                raise ValueError(
+                    f"resume_from_checkpoint=True: output_dir {self.args.output_dir} has no complete checkpoint "
+                    f"({found})."
+                )
+            if skipped:
+                logger.warning(f"Resuming from {checkpoint}, the newest complete checkpoint.")
+            return checkpoint
+        if isinstance(resume_from_checkpoint, str):
+            defect = checkpoint_defect(resume_from_checkpoint)
+            if defect is not None:
+                raise ValueError(
+                    f"resume_from_checkpoint={resume_from_checkpoint!r} cannot be resumed from: {defect}. Pass an "
+                    "older checkpoint, or resume_from_checkpoint=True for the newest complete one in output_dir."
+                )
+        return resume_from_checkpoint or None
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self._spg_run is None:
-            return
         path = os.path.join(resume_from_checkpoint, SPG_WEIGHTS_NAME)
-        if not os.path.isfile(path):
+        saved_by_spg = os.path.isfile(path)
+        # The optimizer state covers the SPG modules exactly when the checkpoint has their weights, so a checkpoint
+        # only continues in the mode it was saved in; switching modes starts a new run from its weights.
+        if self._spg_run is not None and not saved_by_spg:
             raise ValueError(
-                f"{resume_from_checkpoint} has no {SPG_WEIGHTS_NAME}: it was not saved by an SPG run, so the "
-                "temporary modules and their optimizer state cannot be restored. Resume it with spg_enabled=False."
+                f"{resume_from_checkpoint} was saved with spg_enabled=False: it has no {SPG_WEIGHTS_NAME}, which an "
+                "SPG run writes before its checkpoint is complete, so its optimizer state has nothing for the SPG "
+                "modules. Continue it with spg_enabled=False, or train with SPG from its weights in a new "
+                f"output_dir (model_name_or_path={resume_from_checkpoint})."
             )
-        self._spg_run.chain.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
+        if self._spg_run is None and saved_by_spg:
+            raise ValueError(
+                f"{resume_from_checkpoint} was saved by an SPG run (it has {SPG_WEIGHTS_NAME}), so its optimizer "
+                "state includes the SPG modules: continue it with spg_enabled=True and its spg_weights and "
+                "spg_dropout, or train without SPG from its weights (which leave out the SPG modules) in a new "
+                f"output_dir (model_name_or_path={resume_from_checkpoint})."
+            )
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self._spg_run is not None:
+            self._spg_run.chain.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         if self._spg_run is not None:

@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.cli import run_main
 
 WAVEFORM_SAMPLES = 1600
 
@@ -100,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

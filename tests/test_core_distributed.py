@@ -12,18 +12,22 @@ import safetensors.torch
 import torch
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
+EXIT_RACE_WORKER = os.path.join(os.path.dirname(__file__), "exit_race_worker.py")
 MODELS = ["bert", "wav2vec2"]
+
+
+def torchrun(worker: str, *arguments: str) -> subprocess.CompletedProcess:
+    """Launches 2 processes of `worker` on one machine, as CI and users do."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([*command, *arguments], env=environment, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> str:
     """Runs both models once in one 2-process launch (process start-up dominates the cost)."""
     output_dir = str(tmp_path_factory.mktemp("ddp"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER]
-    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(
-        [*command, "--output_dir", output_dir], env=environment, capture_output=True, text=True, timeout=300
-    )
+    result = torchrun(WORKER, "--output_dir", output_dir)
     assert result.returncode == 0, f"DDP workers failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return output_dir
 
@@ -57,3 +61,17 @@ def test_ddp_layerdrop_skipped_layers(ddp_run):
     # Otherwise the Wav2Vec2 run would not exercise parameters unused in some steps.
     for _, info in rank_results(ddp_run, "wav2vec2"):
         assert min(info["layer_calls"]) < info["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("through_run_main", [False, True], ids=["plain-exit", "run_main"])
+def test_exit_while_the_process_group_thread_holds_python_objects(through_run_main):
+    """The cause of the aborts after good 2-process runs (issue 14), made certain, and the example scripts' way out."""
+    if not through_run_main and sys.version_info >= (3, 14):
+        pytest.skip("CPython 3.14 hangs such a thread instead of ending it (gh-87135), so a plain exit does not abort")
+    result = torchrun(EXIT_RACE_WORKER, *(["--run_main"] if through_run_main else []))
+    if through_run_main:
+        assert result.returncode == 0, result.stderr[-6000:]
+    else:
+        assert result.returncode != 0
+        assert "terminate called without an active exception" in result.stderr
