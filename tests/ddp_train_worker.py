@@ -15,28 +15,11 @@ import os
 
 import safetensors.torch
 import torch
-from conftest import text_dataset, tiny_model
-from datasets import Dataset
+from conftest import audio_dataset, text_dataset, tiny_model
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.cli import run_main
-
-WAVEFORM_SAMPLES = 1600
-
-
-def audio_dataset(size: int = 16, seed: int = 0) -> Dataset:
-    """Random waveforms, half of them padded (attention mask 0 over the tail), with a loudness-derived label."""
-    generator = torch.Generator().manual_seed(seed)
-    scale = torch.rand(size, 1, generator=generator) * 2
-    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator) * scale
-    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
-    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
-    waves = waves * mask
-    labels = (scale.view(-1) * 1.5).long().clamp(max=2)
-    return Dataset.from_dict(
-        {"input_values": waves.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
-    )
 
 
 class SaveFinalWeights(TrainerCallback):
