@@ -145,7 +145,8 @@ class SPGChainRun:
         targets = self.targets.reshape(-1).to(logits.device)
         positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
         targets = targets[positions]
-        base_correct = logits.detach().reshape(-1, logits.shape[-1])[positions].argmax(-1) == targets
+        # argmax before picking positions: indexing the [positions, vocabulary] logits first would copy them.
+        base_correct = logits.detach().argmax(-1).reshape(-1)[positions] == targets
         states = captured.reshape(-1, captured.shape[-1])[positions]
         terms = token_level_terms(
             self.chain, lambda state: self.family.head(self.model, state, self.inputs), states, targets, base_correct
