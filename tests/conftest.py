@@ -157,6 +157,14 @@ def image_dataset(size: int = 16, seed: int = 0) -> Dataset:
     return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()})
 
 
+def losses(trainer: transformers.Trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def logged_learning_rates(trainer: transformers.Trainer) -> list[float]:
+    return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+
+
 @pytest.fixture
 def output_dir(tmp_path):
     return str(tmp_path / "out")

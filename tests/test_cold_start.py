@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import text_dataset, tiny_bert
+from conftest import logged_learning_rates, losses, text_dataset, tiny_bert
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_constant_schedule
 
 from spg_hf import ColdStartCallback, SPGTrainer, SPGTrainingArguments
@@ -27,14 +27,6 @@ SETTINGS = dict(
 
 def plain_args(output_dir: str, **overrides) -> TrainingArguments:
     return TrainingArguments(output_dir, **{**SETTINGS, **overrides})
-
-
-def logged_learning_rates(trainer: Trainer) -> list[float]:
-    return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
-
-
-def losses(trainer: Trainer) -> list[float]:
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 class WeightSnapshots(TrainerCallback):

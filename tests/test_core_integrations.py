@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 from accelerate.utils import is_compiled_module
-from conftest import text_dataset, tiny_bert
+from conftest import logged_learning_rates, losses, text_dataset, tiny_bert
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -28,14 +28,6 @@ def spg_args(output_dir: str, **overrides) -> SPGTrainingArguments:
         spg_activation="none",
     )
     return SPGTrainingArguments(output_dir, **{**settings, **overrides})
-
-
-def losses(trainer: SPGTrainer) -> list[float]:
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
-def logged_learning_rates(trainer: SPGTrainer) -> list[float]:
-    return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
 
 
 class ChainWatcher(TrainerCallback):
