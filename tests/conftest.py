@@ -94,6 +94,19 @@ TINY_CONFIGS = {
 }
 
 
+# A 3-step CPU run that logs every step and saves nothing.
+SHORT_RUN = dict(
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    max_steps=3,
+    logging_steps=1,
+    save_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+)
+
+
 def tiny_model(class_name: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
     config_class, kwargs = TINY_CONFIGS[class_name]
     config = config_class(**{**kwargs, **overrides})

@@ -13,6 +13,7 @@ import torch
 import transformers
 from conftest import (
     IMAGE_SIZE,
+    SHORT_RUN,
     TINY_CONFIGS,
     audio_dataset,
     image_dataset,
@@ -105,20 +106,8 @@ def head_logits(model, family, inputs):
     return own, shared
 
 
-COMMON = dict(
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    max_steps=3,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    use_cpu=True,
-    disable_tqdm=True,
-)
-
-
 def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    return SPGTrainingArguments(output_dir=output_dir, **(COMMON | overrides))
+    return SPGTrainingArguments(output_dir=output_dir, **(SHORT_RUN | overrides))
 
 
 # ---- which family, and the README says so ----
@@ -230,7 +219,7 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
 def test_disabled_spg_equals_trainer(tmp_path, class_name):
     runs = []
     for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **COMMON)),
+        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
         (SPGTrainer, training_args(str(tmp_path / "spg"), spg_enabled=False)),
     ):
         model = build(class_name)

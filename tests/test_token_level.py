@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import no_dropout, tiny_model, token_dataset
+from conftest import SHORT_RUN, no_dropout, tiny_model, token_dataset
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.spg import SURVIVOR_EPS
@@ -18,14 +18,7 @@ WEIGHTS = [0.4, 0.2, 0.1]
 
 
 def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    settings = dict(
-        per_device_train_batch_size=4,
-        max_steps=3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
+    settings = SHORT_RUN | dict(
         spg_weights=WEIGHTS,
         spg_dropout=0.0,
         spg_activation="none",
