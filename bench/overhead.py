@@ -48,6 +48,7 @@ from datasets import Dataset
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -97,7 +98,12 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, task: str, seed:
     input_ids[torch.arange(size), lengths - 1] = 102  # [SEP]
     input_ids = input_ids * attention_mask  # [PAD] is 0
     columns = {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist()}
-    if task == "question-answering":
+    if task in ("causal-lm", "token-classification"):
+        labels = (
+            torch.randint(0, 2, (size, seq_len), generator=generator) if task == "token-classification" else input_ids
+        )
+        columns["labels"] = labels.masked_fill(attention_mask == 0, -100).tolist()
+    elif task == "question-answering":
         starts = (torch.rand(size, generator=generator) * (lengths - 2)).long() + 1
         columns |= {
             "start_positions": starts.tolist(),
@@ -108,9 +114,9 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, task: str, seed:
     return Dataset.from_dict(columns)
 
 
-def llama_style_classifier() -> transformers.PreTrainedModel:
-    """A small random Llama-style decoder classifier: 32k vocabulary, 4 layers of width 384, padding token 0."""
-    config = transformers.LlamaConfig(
+def llama_style_config() -> transformers.LlamaConfig:
+    """A small random Llama-style decoder: 32k vocabulary, 4 layers of width 384, padding token 0."""
+    return transformers.LlamaConfig(
         vocab_size=32_000,
         hidden_size=384,
         intermediate_size=1024,
@@ -120,18 +126,20 @@ def llama_style_classifier() -> transformers.PreTrainedModel:
         pad_token_id=0,
         num_labels=2,
     )
-    return transformers.LlamaForSequenceClassification(config)
 
 
 # Task -> how the benchmarked model is built from --model.
 TASKS = {
     "text-classification": lambda path: AutoModelForSequenceClassification.from_pretrained(path, num_labels=2),
     "question-answering": AutoModelForQuestionAnswering.from_pretrained,
-    "decoder-classification": lambda path: llama_style_classifier(),
+    "decoder-classification": lambda path: transformers.LlamaForSequenceClassification(llama_style_config()),
+    "causal-lm": lambda path: transformers.LlamaForCausalLM(llama_style_config()),
+    "token-classification": lambda path: AutoModelForTokenClassification.from_pretrained(path, num_labels=2),
 }
 TASK_HELP = (
     "text-classification: --model with a new 2-label head; question-answering: --model with a new span head; "
-    "decoder-classification: a small random Llama-style classifier (--model is ignored)"
+    "decoder-classification / causal-lm: a small random Llama-style classifier / language model (--model is "
+    "ignored); token-classification: --model with a new 2-label token head"
 )
 
 
@@ -201,7 +209,7 @@ def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir:
         per_device_train_batch_size=args.batch_size,
         max_steps=steps,
         learning_rate=5e-5,
-        logging_steps=10_000,
+        logging_steps=steps,  # one log, at the end, for both methods: SPG's survival rates over the run
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
@@ -227,8 +235,9 @@ def quiet(threads: int | None) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def time_steps(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Measured step times per clock ("wall", "cpu") and method, the methods' steps interleaved."""
+def time_steps(args: argparse.Namespace) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Measured step times per clock ("wall", "cpu") and method, the methods' steps interleaved; and SPG's logged
+    statistics over the run (the survival rates say how much of the chain ran at the token level)."""
     baton = Baton(METHODS)
     clocks = {method: StepClock(args.device, method, baton) for method in METHODS}
     errors: list[BaseException] = []
@@ -259,7 +268,9 @@ def time_steps(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
             f"{' '.join(f'{t:.3f}' for t in clocks[method].times['wall'])}",
             file=sys.stderr,
         )
-    return {clock: {method: clocks[method].times[clock][args.warmup :] for method in METHODS} for clock in CLOCKS}
+    spg_log = next(log for log in trainers["spg"].state.log_history if "loss" in log)
+    times = {clock: {method: clocks[method].times[clock][args.warmup :] for method in METHODS} for clock in CLOCKS}
+    return times, {name: value for name, value in spg_log.items() if name.startswith("spg/")}
 
 
 @dataclass
@@ -337,7 +348,7 @@ def main() -> None:
     args = parse_args()
     quiet(args.threads)
     report: dict = {"settings": vars(args), "machine": machine_description(args.device)}
-    times = time_steps(args)
+    times, report["spg_statistics"] = time_steps(args)
     # Host CPU time says nothing about GPU work.
     clocks = CLOCKS if args.device == "cpu" else ("wall",)
     for clock in clocks:
@@ -375,6 +386,7 @@ def main() -> None:
             f"SPG {timing['median_s']['spg']:.3f} s, ratio SPG / plain {timing['ratio_spg_over_plain']:.3f} "
             f"(median of step-by-step ratios {timing['paired_ratio_median']:.3f})"
         )
+    print("SPG statistics over the run: " + ", ".join(f"{k} {v}" for k, v in report["spg_statistics"].items()))
     if "memory" in report:
         memory = report["memory"]
         print(f"memory: {memory['measure']}")
