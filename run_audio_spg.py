@@ -1,7 +1,7 @@
 """Fine-tune an audio classifier (Wav2Vec2 / HuBERT / WavLM) with Sequential Policy Gradient.
 
 The counterpart of HF's examples/pytorch/audio-classification/run_audio_classification.py, trained with SPGTrainer.
-Audio comes from the hub (dataset_name) or from a local folder of clips (data_dir); see spg_hf/audio.py.
+Audio comes from the hub (dataset_name) or from a local folder of clips (data_dir); see spg_hf/tasks/audio.py.
 
     python run_audio_spg.py configs/audio/fsdd_wav2vec2_tiny_cpu.yaml
     python run_audio_spg.py --model_name_or_path facebook/wav2vec2-base --dataset_name superb \\
@@ -15,7 +15,7 @@ import logging
 from transformers import set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.audio import (
+from spg_hf.tasks.audio import (
     EVAL,
     TRAIN,
     AudioModelArguments,
@@ -25,7 +25,7 @@ from spg_hf.audio import (
     make_compute_metrics,
     prepare_datasets,
 )
-from spg_hf.cli import parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
+from spg_hf.tasks.cli import parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
 
 logger = logging.getLogger("spg_hf")
 

@@ -10,7 +10,7 @@ Settings come from one YAML/JSON config or from flags, with run_glue.py's names 
         --output_dir outputs/rte --spg_enabled false
 
 Data: GLUE tsv files under data_dir (default: $GLUE_DIR), else the hub (nyu-mll/glue), or your own csv/json files
-(train_file / validation_file / test_file). Task logic is in spg_hf/glue.py.
+(train_file / validation_file / test_file). Task logic is in spg_hf/tasks/glue.py.
 """
 
 import logging
@@ -18,8 +18,16 @@ import os
 
 from transformers import set_seed
 
-from spg_hf import SPGTrainer, SPGTrainingArguments, glue
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.tasks import glue
+from spg_hf.tasks.cli import (
+    ModelArguments,
+    parse_arguments,
+    prepare_output_dir,
+    run_main,
+    setup_logging,
+    write_model_card,
+)
 
 logger = logging.getLogger("spg_hf.run_glue")
 

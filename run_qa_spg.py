@@ -4,7 +4,8 @@
     python run_qa_spg.py --model_name_or_path bert-base-uncased --dataset_name rajpurkar/squad \
         --do_train --do_eval --output_dir outputs/squad
 
-Arguments: spg_hf.cli.ModelArguments, spg_hf.qa.DataTrainingArguments and SPGTrainingArguments (`--help` lists them).
+Arguments: spg_hf.tasks.cli.ModelArguments, spg_hf.tasks.qa.DataTrainingArguments and SPGTrainingArguments
+(`--help` lists them).
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ import logging
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import ModelArguments, parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
-from spg_hf.qa import (
+from spg_hf.tasks.cli import (
+    ModelArguments,
+    parse_arguments,
+    prepare_output_dir,
+    run_main,
+    setup_logging,
+    write_model_card,
+)
+from spg_hf.tasks.qa import (
     DataTrainingArguments,
     evaluate_squad,
     load_model_and_tokenizer,

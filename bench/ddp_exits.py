@@ -7,7 +7,7 @@ that exit non-zero (issue 14: some used to abort at interpreter exit after a goo
 Every launch is `torchrun --standalone --nproc_per_node 2 tests/ddp_train_worker.py` in a fresh output folder. A
 launch fails if torchrun exits non-zero; the JSON report keeps the exit status, wall time and, for failures, the
 end of the output. `--worker exit_race` launches tests/exit_race_worker.py instead, the abort's cause made certain,
-ended through spg_hf.cli.run_main or, with `--plain_exit`, without it.
+ended through spg_hf.tasks.cli.run_main or, with `--plain_exit`, without it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--launches", type=int, default=50)
     parser.add_argument("--worker", choices=sorted(WORKERS), default="ddp_train")
     parser.add_argument("--models", nargs="+", choices=["bert", "wav2vec2"], default=["bert", "wav2vec2"])
-    parser.add_argument("--plain_exit", action="store_true", help="exit_race: end without spg_hf.cli.run_main.")
+    parser.add_argument("--plain_exit", action="store_true", help="exit_race: end without spg_hf.tasks.cli.run_main.")
     parser.add_argument("--timeout", type=float, default=600, help="Seconds one launch may take.")
     parser.add_argument("--output", type=Path, help="JSON report, rewritten after every launch.")
     cli = parser.parse_args()

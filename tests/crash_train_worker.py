@@ -1,9 +1,9 @@
 """A short SPG run whose checkpoint saves can be cut off (tests/test_crash_safety.py).
 
 The run: a tiny BERT, 4 steps, a checkpoint every 2 steps, `save_total_limit=1`, resumed as the example scripts resume
-(`spg_hf.cli.prepare_output_dir`). As a script it is one process of the test: `--kill_during STEP --kill_at N` makes
-it kill itself with SIGKILL partway through STEP of the save at step N, and the final weights, SPG chain included,
-are written to `--weights`.
+(`spg_hf.tasks.cli.prepare_output_dir`). As a script it is one process of the test: `--kill_during STEP
+--kill_at N` makes it kill itself with SIGKILL partway through STEP of the save at step N, and the final weights,
+SPG chain included, are written to `--weights`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from conftest import text_dataset, tiny_bert
 from transformers import TrainerCallback, TrainerState
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import prepare_output_dir
+from spg_hf.tasks.cli import prepare_output_dir
 
 MAX_STEPS = 4
 SAVE_STEPS = 2

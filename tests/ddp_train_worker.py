@@ -19,7 +19,7 @@ from conftest import audio_dataset, text_dataset, tiny_model
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.cli import run_main
+from spg_hf.tasks.cli import run_main
 
 
 class SaveFinalWeights(TrainerCallback):

@@ -4,7 +4,8 @@
 Rank 1 joins the last all_reduce late, so on rank 0 the process group's thread completes it - and drops the Python
 callback attached to its future - only after `main()` has returned. Run plainly, that thread then needs the GIL while
 Python finalizes, and CPython before 3.14 ends it with pthread_exit, which aborts the process ("terminate called
-without an active exception"). `--run_main` ends the script through `spg_hf.cli.run_main`, as the example scripts do.
+without an active exception"). `--run_main` ends the script through
+`spg_hf.tasks.cli.run_main`, as the example scripts do.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from spg_hf.cli import run_main
+from spg_hf.tasks.cli import run_main
 
 LATE_SECONDS = 5.0  # long enough for rank 0 to be deep in interpreter shutdown, even on a busy machine
 
@@ -30,7 +31,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run_main", action="store_true", help="End through spg_hf.cli.run_main.")
+    parser.add_argument("--run_main", action="store_true", help="End through spg_hf.tasks.cli.run_main.")
     if parser.parse_args().run_main:
         run_main(main)
     else:

@@ -1,4 +1,4 @@
-"""Audio classification example: data handling in spg_hf/audio.py and run_audio_spg.py end to end on FSDD."""
+"""Audio classification example: spg_hf/tasks/audio.py and run_audio_spg.py end to end on FSDD."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from datasets import Audio, ClassLabel, Dataset
 from transformers import AutoModelForAudioClassification, DataCollatorWithPadding
 
 from spg_hf import SPGTrainingArguments
-from spg_hf.audio import (
+from spg_hf.tasks.audio import (
     AudioModelArguments,
     AudioTransform,
     DataTrainingArguments,

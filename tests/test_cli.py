@@ -1,11 +1,11 @@
-"""Parsing settings from flags and config files (spg_hf.cli)."""
+"""Parsing settings from flags and config files (spg_hf.tasks.cli)."""
 
 from __future__ import annotations
 
 import pytest
 
 from spg_hf import SPGTrainingArguments
-from spg_hf.cli import ModelArguments, expand_path, parse_arguments, resolve_package_path
+from spg_hf.tasks.cli import ModelArguments, expand_path, parse_arguments, resolve_package_path
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
-from spg_hf.cli import prepare_output_dir
 from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
+from spg_hf.tasks.cli import prepare_output_dir
 
 WORKER = os.path.join(os.path.dirname(__file__), "crash_train_worker.py")
 

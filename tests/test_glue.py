@@ -1,4 +1,4 @@
-"""run_glue_spg.py and spg_hf/glue.py: GLUE tsv quirks, labels, metrics, bad input, end-to-end runs on real slices."""
+"""run_glue_spg.py and spg_hf/tasks/glue.py: GLUE tsv quirks, labels, metrics, bad input, end-to-end runs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import yaml
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, EvalPrediction
 
-from spg_hf import SPGTrainingArguments, glue
-from spg_hf.cli import ModelArguments, parse_arguments
+from spg_hf import SPGTrainingArguments
+from spg_hf.tasks import glue
+from spg_hf.tasks.cli import ModelArguments, parse_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from spg_hf import audio, glue, qa
-from spg_hf.metrics import load_hub_metric
+from spg_hf.tasks import audio, glue, qa
+from spg_hf.tasks.metrics import load_hub_metric
 
 GLUE_NAMES = {
     "cola": ["matthews_correlation"],
@@ -94,7 +94,7 @@ def test_failed_load_falls_back_with_a_warning(monkeypatch, caplog, error):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
     monkeypatch.setattr(evaluate, "load", fail)
-    with caplog.at_level("WARNING", logger="spg_hf.metrics"):
+    with caplog.at_level("WARNING", logger="spg_hf.tasks.metrics"):
         assert load_hub_metric("squad") is None
     assert "Could not load the squad metric" in caplog.text
 

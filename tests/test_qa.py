@@ -16,9 +16,9 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from spg_hf import qa
-from spg_hf.cli import resolve_package_path
-from spg_hf.qa import (
+from spg_hf.tasks import qa
+from spg_hf.tasks.cli import resolve_package_path
+from spg_hf.tasks.qa import (
     DataTrainingArguments,
     exact_match,
     f1,

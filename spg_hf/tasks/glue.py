@@ -26,10 +26,10 @@ from transformers import (
     default_data_collator,
 )
 
-from spg_hf.cli import ModelArguments, expand_path
-from spg_hf.metrics import load_hub_metric
+from spg_hf.tasks.cli import ModelArguments, expand_path
+from spg_hf.tasks.metrics import load_hub_metric
 
-logger = logging.getLogger("spg_hf.glue")
+logger = logging.getLogger("spg_hf.tasks.glue")
 
 HUB_DATASET = "nyu-mll/glue"
 DATA_FILE_SUFFIXES = (".csv", ".json", ".jsonl")

@@ -26,8 +26,8 @@ from transformers import (
     Trainer,
 )
 
-from spg_hf.cli import ModelArguments, expand_path
-from spg_hf.metrics import load_hub_metric
+from spg_hf.tasks.cli import ModelArguments, expand_path
+from spg_hf.tasks.metrics import load_hub_metric
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import huggingface_hub
 
-logger = logging.getLogger("spg_hf.metrics")
+logger = logging.getLogger("spg_hf.tasks.metrics")
 
 
 def hub_offline() -> bool:

@@ -32,8 +32,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from spg_hf.cli import ModelArguments, expand_path, resolve_package_path
-from spg_hf.metrics import load_hub_metric
+from spg_hf.tasks.cli import ModelArguments, expand_path, resolve_package_path
+from spg_hf.tasks.metrics import load_hub_metric
 
 logger = logging.getLogger("spg_hf")
 
