@@ -178,6 +178,22 @@ def logged_learning_rates(trainer: transformers.Trainer) -> list[float]:
     return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
 
 
+def same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+def assert_resumed_inside_cold_start(resumed, uninterrupted, resumed_snapshots, full_snapshots) -> None:
+    """A run of 8 steps with a 3-step cold start, resumed from checkpoint-2, equals the uninterrupted run: the same
+    logged rates (0 for the cold steps) and losses, weights still the initial ones after step 3, equal at the end."""
+    # The resumed history starts with the checkpoint's own entries for steps 1-2.
+    assert sorted(resumed_snapshots.by_step) == [2, 3, 4, 5, 6, 7, 8]
+    assert logged_learning_rates(resumed) == logged_learning_rates(uninterrupted)
+    assert logged_learning_rates(resumed)[:3] == [0.0, 0.0, 0.0]
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
+    assert same_weights(resumed_snapshots.by_step[3], full_snapshots.by_step[0])
+    assert same_weights(resumed_snapshots.by_step[8], full_snapshots.by_step[8])
+
+
 @pytest.fixture
 def output_dir(tmp_path):
     return str(tmp_path / "out")

@@ -9,7 +9,14 @@ import optuna
 import pytest
 import torch
 from accelerate.utils import is_compiled_module
-from conftest import logged_learning_rates, losses, text_dataset, tiny_bert
+from conftest import (
+    assert_resumed_inside_cold_start,
+    logged_learning_rates,
+    losses,
+    same_weights,
+    text_dataset,
+    tiny_bert,
+)
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -154,10 +161,6 @@ class WeightSnapshots(ChainWatcher):
         self.snapshot(state, model)
 
 
-def same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
-    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
-
-
 @pytest.mark.parametrize(
     "cold_start", [dict(cold_start_steps=3, max_steps=8), dict(cold_start_epochs=1, num_train_epochs=3)]
 )
@@ -202,13 +205,7 @@ def test_resume_inside_cold_start_matches_uninterrupted_run(output_dir):
 
     uninterrupted, full_snapshots = run(None)
     resumed, resumed_snapshots = run(os.path.join(output_dir, "checkpoint-2"))
-    # The resumed history starts with the checkpoint's own entries for steps 1-2.
-    assert sorted(resumed_snapshots.by_step) == [2, 3, 4, 5, 6, 7, 8]
-    assert logged_learning_rates(resumed) == logged_learning_rates(uninterrupted)
-    assert logged_learning_rates(resumed)[:3] == [0.0, 0.0, 0.0]
-    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-6)
-    assert same_weights(resumed_snapshots.by_step[3], full_snapshots.by_step[0])
-    assert same_weights(resumed_snapshots.by_step[8], full_snapshots.by_step[8])
+    assert_resumed_inside_cold_start(resumed, uninterrupted, resumed_snapshots, full_snapshots)
 
 
 # ---- repeated train() calls ----
