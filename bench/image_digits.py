@@ -14,7 +14,6 @@ per-method accuracy and the paired difference with its 95% t interval.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from datasets import Dataset
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.quality.stats import describe, paired_difference
+from bench.paired import paired_table, run_paired
 from spg_hf import SPGTrainer, SPGTrainingArguments
 
 METHODS = ("plain", "spg")
@@ -95,38 +94,10 @@ def train_once(method: str, seed: int, args: argparse.Namespace, train: Dataset,
         metrics = trainer.evaluate()
     survival = [log["spg/survival_1"] for log in trainer.state.log_history if "spg/survival_1" in log]
     return {
-        "method": method,
-        "seed": seed,
-        "epochs": args.epochs,
-        "lr": args.lr,
         "accuracy": metrics["eval_accuracy"],
         "train_wall_s": round(wall_s, 1),
         "last_survival_1": survival[-1] if survival else None,
     }
-
-
-def write_table(rows: list[dict], path: Path) -> None:
-    by_method = {
-        method: {row["seed"]: row["accuracy"] for row in rows if row["method"] == method} for method in METHODS
-    }
-    seeds = sorted(set(by_method["plain"]) & set(by_method["spg"]))
-    lines = ["| method | test accuracy (mean ± std over seeds) | per seed |", "|---|---|---|"]
-    for method in METHODS:
-        values = [by_method[method][seed] for seed in seeds]
-        summary = describe(values)
-        lines.append(
-            f"| {method} | {100 * summary['mean']:.2f} ± {100 * summary['std']:.2f} | "
-            + ", ".join(f"{100 * value:.2f}" for value in values)
-            + " |"
-        )
-    pair = paired_difference([by_method["spg"][s] for s in seeds], [by_method["plain"][s] for s in seeds])
-    lines.append("")
-    lines.append(
-        f"SPG - plain over seeds {seeds}: {100 * pair['mean']:+.2f} points, 95% interval "
-        f"[{100 * pair['ci_low']:+.2f}, {100 * pair['ci_high']:+.2f}], SPG won {pair['wins']} of {len(seeds)} "
-        f"(ties {pair['ties']})."
-    )
-    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -139,21 +110,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    args.out.mkdir(parents=True, exist_ok=True)
-    raw = args.out / "raw.jsonl"
-    rows = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
-    done = {(row["method"], row["seed"], row["epochs"], row["lr"]) for row in rows}
     train, test = digits_splits()
-    for seed in args.seeds:
-        for method in METHODS:
-            if (method, seed, args.epochs, args.lr) in done:
-                continue
-            row = train_once(method, seed, args, train, test)
-            print(json.dumps(row), flush=True)
-            with raw.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            rows.append(row)
-    write_table([row for row in rows if row["epochs"] == args.epochs and row["lr"] == args.lr], args.out / "table.md")
+    rows = run_paired(
+        args.out,
+        METHODS,
+        args.seeds,
+        {"epochs": args.epochs, "lr": args.lr},
+        lambda method, seed: train_once(method, seed, args, train, test),
+    )
+    table = paired_table(rows, "accuracy", "test accuracy, %", scale=100, extra_columns=["train_wall_s"])
+    (args.out / "table.md").write_text(table)
 
 
 if __name__ == "__main__":
