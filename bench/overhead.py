@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", choices=sorted(TASKS), default="text-classification", help=TASK_HELP)
     parser.add_argument("--model", default=MODEL, help="model folder or hub id (default: %(default)s)")
     parser.add_argument("--skip-memory", action="store_true", help="time only")
+    parser.add_argument(
+        "--memory-breakdown",
+        action="store_true",
+        help="also profile one step per method with torch's memory profiler and report its categories at the peak",
+    )
     parser.add_argument("--output", choices=["text", "json"], default="text", help="report format on stdout")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
@@ -338,6 +343,45 @@ def memory_peaks(args: argparse.Namespace) -> dict[str, MemoryPeak]:
     return peaks
 
 
+class ProfileOneStep(TrainerCallback):
+    """Runs torch's memory profiler over the last step of a run (the optimizer state exists by then)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.profiler = torch.profiler.profile(profile_memory=True, record_shapes=True, with_stack=True)
+
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        if state.global_step == self.step - 1:
+            self.profiler.start()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step == self.step:
+            self.profiler.stop()
+
+
+def memory_breakdown(method: str, args: argparse.Namespace) -> dict[str, float]:
+    """MiB per category of torch's memory profiler (parameters, gradients, optimizer state, activations, autograd's
+    saved tensors, temporaries) at the peak of one profiled step. Memory allocated before that step and still held
+    is not seen. Uses torch.profiler._memory_profiler, the private module behind export_memory_timeline."""
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
+    steps = args.warmup + 1
+    profiled = ProfileOneStep(steps)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = build_trainer(method, args, steps, output_dir, StepClock(args.device))
+        trainer.add_callback(profiled)
+        trainer.train()
+    timeline = MemoryProfileTimeline(profiled.profiler._memory_profile())
+    _, sizes = timeline._coalesce_timeline(torch.device(args.device))
+    at_peak = max(sizes, key=sum)
+    # Column 0 of each row is unused; a category's column is its index + 1 (None: not categorised).
+    by_category = {
+        (category.name.lower() if category is not None else "uncategorised"): at_peak[index + 1] / 2**20
+        for category, index in _CATEGORY_TO_INDEX.items()
+    }
+    return {"total": sum(at_peak) / 2**20} | by_category
+
+
 def machine_description(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
@@ -372,6 +416,8 @@ def main() -> None:
             "growth_ratio_spg_over_plain": peaks["spg"].growth / peaks["plain"].growth,
             "peak_ratio_spg_over_plain": peaks["spg"].peak / peaks["plain"].peak,
         }
+    if args.memory_breakdown:
+        report["memory_breakdown_mib"] = {method: memory_breakdown(method, args) for method in METHODS}
     if args.output == "json":
         print(json.dumps(report, indent=2))
         return
@@ -399,6 +445,12 @@ def main() -> None:
             f"peak-memory ratio SPG / plain: growth {memory['growth_ratio_spg_over_plain']:.3f}, "
             f"absolute {memory['peak_ratio_spg_over_plain']:.3f}"
         )
+    if "memory_breakdown_mib" in report:
+        breakdown = report["memory_breakdown_mib"]
+        print("torch memory profiler, MiB at the peak of one step (plain / SPG / difference):")
+        for name in breakdown["plain"]:
+            plain, spg = breakdown["plain"][name], breakdown["spg"][name]
+            print(f"  {name:16s} {plain:8.1f} {spg:8.1f} {spg - plain:+8.1f}")
 
 
 if __name__ == "__main__":
