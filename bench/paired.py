@@ -63,10 +63,7 @@ def paired_table(
     for method in (baseline, treatment):
         values = [scale * by_method[method][seed][metric] for seed in seeds]
         summary = describe(values)
-        extras = "".join(
-            f" {describe([by_method[method][seed][column] for seed in seeds])['mean']:.4g} |"
-            for column in extra_columns
-        )
+        extras = "".join(f" {_mean_of_present(by_method[method], seeds, column)} |" for column in extra_columns)
         lines.append(
             f"| {method} | {summary['mean']:.{digits}f} ± {summary['std']:.{digits}f} | "
             + ", ".join(f"{value:.{digits}f}" for value in values)
@@ -83,3 +80,10 @@ def paired_table(
         f"{len(seeds)} (ties {pair['ties']}).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _mean_of_present(rows_by_seed: dict[int, dict], seeds: Sequence[int], column: str) -> str:
+    """The mean of a column over the seeds whose rows have a value (e.g. SPG's survival, absent for plain), or '-'."""
+    values = [rows_by_seed[seed].get(column) for seed in seeds]
+    present = [value for value in values if value is not None]
+    return f"{describe(present)['mean']:.4g}" if present else "-"

@@ -60,6 +60,10 @@ def test_paired_table_pairs_by_seed_with_a_t_interval():
     assert "| spg | 62.00 ± 11.00 | 51.00, 62.00, 73.00 |" in table
     assert "over seeds [1, 2, 3]: +2.00, 95% interval [-0.48, +4.48]; spg higher on 3 of 3 (ties 0)." in table
     assert paired_table(rows[3:], "acc", "accuracy").startswith("No seed has both plain and spg")
+    survival = [row | ({"survival": 0.1 * row["seed"]} if row["method"] == "spg" else {}) for row in rows]
+    table = paired_table(survival, "acc", "accuracy, %", scale=100, extra_columns=["survival"])
+    assert "| plain | 60.00 ± 10.00 | 50.00, 60.00, 70.00 | - |" in table
+    assert "| spg | 62.00 ± 11.00 | 51.00, 62.00, 73.00 | 0.2 |" in table
 
 
 def squad_file(tmp_path: Path, articles: int = 5) -> str:
