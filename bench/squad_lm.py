@@ -10,12 +10,13 @@ configs/qa/squad_minilm_cpu.yaml uses) are held out, so no article is in both pa
 into blocks of --block_size tokens, as HF's run_mlm.py / run_clm.py group texts. The held-out MLM blocks are masked
 once with a fixed seed, so every run is scored on the same positions.
 
-Both methods run through `SPGTrainer` with `spg_enabled` off ("plain") or on with the library's defaults ("spg"),
-from the same initialisation per seed. The metric is the held-out loss per predicted token (the masked tokens; the
-next tokens), summed over every held-out token, its perplexity exp(loss), and the held-out top-1 token accuracy.
+Every method runs through `SPGTrainer`: `spg_enabled` off ("plain"), on with the library's defaults ("spg"), or on
+with `spg_normalize batch` ("spg_batch", with --methods), from the same initialisation per seed. The metric is the
+held-out loss per predicted token (the masked tokens; the next tokens), summed over every held-out token, its
+perplexity exp(loss), and the held-out top-1 token accuracy.
 
-    SQUAD_DIR=../shared/data/squad python -m bench.squad_lm --task mlm --seeds 1 2 3
-    SQUAD_DIR=../shared/data/squad python -m bench.squad_lm --task clm --seeds 1 2 3
+    SQUAD_DIR=../shared/data/squad python -m bench.squad_lm --task mlm --seeds 1 2 3 --methods plain spg spg_batch
+    SQUAD_DIR=../shared/data/squad python -m bench.squad_lm --task clm --seeds 1 2 3 --methods plain spg spg_batch
 
 Each finished run appends a row to <out>/<task>/raw.jsonl (a rerun skips the rows already there); table.md beside it
 holds the per-method figures and the paired differences with their 95% t intervals.
