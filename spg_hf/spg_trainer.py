@@ -47,6 +47,9 @@ logger = logging.get_logger(__name__)
 
 CHAIN_ATTRIBUTE = "spg_chain"
 SPG_WEIGHTS_NAME = "spg_modules.safetensors"
+# Below this share of positions reaching module 1, `survivors` normalisation gives each survivor more than 7 times
+# (0.7 / 0.1) the weight the model's own loss gives a position; in docs/results.md that collapsed weak LMs.
+LOW_TOKEN_SURVIVAL = 0.1
 
 
 def spg_objective(model: PreTrainedModel, family: HeadFamily) -> str:
@@ -298,6 +301,7 @@ class SPGTrainer(Trainer):
         super().__init__(model=model, args=as_spg_training_arguments(args), **kwargs)
         self._user_optimizer = kwargs.get("optimizers", (None, None))[0] is not None
         self._spg_run: SPGChainRun | None = None
+        self._warned_low_survival = False
         self._update_steps_per_epoch: int | None = None
         # Trainer counts items, passes the count to the model and skips the division by the accumulation steps for
         # every model whose forward takes **kwargs; only a model that divides by the count may keep that.
@@ -442,7 +446,24 @@ class SPGTrainer(Trainer):
                 logs[f"spg/survival_{t}"] = round(survival, 4)
                 logs[f"spg/loss_{t}"] = round(module_loss, 4)
             run.reset_statistics()
+            self._warn_if_few_tokens_survive(statistics[0][0])
         super().log(logs, start_time)
+
+    def _warn_if_few_tokens_survive(self, survival: float) -> None:
+        if (
+            self._spg_run.family.token_level
+            and self.args.spg_normalize == "survivors"
+            and survival < LOW_TOKEN_SURVIVAL
+            and not self._warned_low_survival
+        ):
+            self._warned_low_survival = True
+            logger.warning(
+                f"SPG: only {survival:.1%} of the labelled positions reach module 1 (the model predicts few tokens "
+                "right). With spg_normalize='survivors' the module terms put their whole weight on those few "
+                "positions, which in our language-model runs made the model collapse onto frequent tokens "
+                "(docs/results.md, token-level section); spg_normalize='batch' scales the terms by the survival "
+                "instead."
+            )
 
     # ---- checkpoints carry the temporary weights; saved models do not ----
 

@@ -6,12 +6,14 @@ positions, and tied embeddings."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SHORT_RUN, no_dropout, tiny_model, token_dataset
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer, SPGTrainingArguments, spg_trainer
 from spg_hf.spg import SURVIVOR_EPS
 
 WEIGHTS = [0.4, 0.2, 0.1]
@@ -86,3 +88,21 @@ def test_tied_embeddings_stay_tied(output_dir, class_name):
     trainer.train()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert not hasattr(model, "spg_chain")
+
+
+@pytest.mark.parametrize("normalize, warned", [("survivors", True), ("batch", False)])
+def test_few_surviving_tokens_warn_once_under_survivors_normalisation(output_dir, caplog, normalize, warned):
+    # A random language model predicts about 1 in 99 tokens right: far below LOW_TOKEN_SURVIVAL.
+    trainer = SPGTrainer(
+        model=tiny_model("LlamaForCausalLM"),
+        args=training_args(output_dir, spg_normalize=normalize),
+        train_dataset=token_dataset(task="causal_lm"),
+    )
+    with caplog.at_level(logging.WARNING, logger=spg_trainer.__name__):
+        trainer.train()
+    survival = [log["spg/survival_1"] for log in trainer.state.log_history if "spg/survival_1" in log]
+    assert len(survival) == 3 and max(survival) < spg_trainer.LOW_TOKEN_SURVIVAL
+    messages = [record.getMessage() for record in caplog.records if "reach module 1" in record.getMessage()]
+    assert len(messages) == (1 if warned else 0)
+    if warned:
+        assert "spg_normalize='batch'" in messages[0]
