@@ -60,19 +60,16 @@ def paired_table(
         f" {column} (mean) |" for column in extra_columns
     )
     lines = [header, "|---" * (3 + len(extra_columns)) + "|"]
+    values = {method: [scale * by_method[method][seed][metric] for seed in seeds] for method in by_method}
     for method in (baseline, treatment):
-        values = [scale * by_method[method][seed][metric] for seed in seeds]
-        summary = describe(values)
+        summary = describe(values[method])
         extras = "".join(f" {_mean_of_present(by_method[method], seeds, column)} |" for column in extra_columns)
         lines.append(
             f"| {method} | {summary['mean']:.{digits}f} ± {summary['std']:.{digits}f} | "
-            + ", ".join(f"{value:.{digits}f}" for value in values)
+            + ", ".join(f"{value:.{digits}f}" for value in values[method])
             + f" |{extras}"
         )
-    pair = paired_difference(
-        [scale * by_method[treatment][seed][metric] for seed in seeds],
-        [scale * by_method[baseline][seed][metric] for seed in seeds],
-    )
+    pair = paired_difference(values[treatment], values[baseline])
     lines += [
         "",
         f"{treatment} - {baseline} over seeds {seeds}: {pair['mean']:+.{digits}f}, 95% interval "
