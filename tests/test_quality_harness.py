@@ -16,7 +16,7 @@ from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is not installed: the harness is imported from the checkout
-from bench.quality import cli, plan, report, run  # noqa: E402
+from bench.quality import cli, doc, plan, report, run  # noqa: E402
 from bench.quality import stats as harness_stats  # noqa: E402
 
 GLUE_DIR = Path("/work/shared/data/glue")
@@ -350,10 +350,59 @@ def test_sweep_file_errors_name_the_key(tmp_path, capsys):
         assert message in capsys.readouterr().err, message
 
 
+DOC = """# Results
+Hand-written status.
+<!-- r:recipes:start -->
+stale table
+<!-- r:recipes:end -->
+Hand-written verdict.
+<!-- r:data:start --><!-- r:data:end -->
+<!-- r:missing:start -->
+<!-- r:missing:end -->
+"""
+
+
+def test_document_sections_replace_only_the_text_between_their_markers():
+    filled = doc.fill_sections(DOC, "r", {"recipes": "| a |\n", "missing": "All 2 planned runs finished.\n"})
+    assert filled == DOC.replace("stale table", "| a |").replace(
+        "<!-- r:missing:start -->\n", "<!-- r:missing:start -->\nAll 2 planned runs finished.\n"
+    )
+    assert doc.fill_sections(filled, "r", {"recipes": "| a |"}) == filled  # filling again changes nothing
+    assert doc.absent_markers(DOC, "r", ["recipes", "data", "missing", "other"]) == ["other"]
+    assert doc.absent_markers(DOC + "<!-- r:data:start -->", "r", ["data"]) == ["data"]  # twice: ambiguous
+    assert doc.absent_markers("<!-- r:x:end --><!-- r:x:start -->", "r", ["x"]) == ["x"]  # end before start
+    with pytest.raises(ValueError, match="<!-- r:other:start -->"):
+        doc.fill_sections(DOC, "r", {"other": "text"})
+
+
+def test_doc_option_errors_name_the_file_and_the_markers(tmp_path, capsys):
+    document = tmp_path / "results.md"
+    document.write_text(DOC.replace("<!-- r:data:start -->", ""))
+    config = _arms_sweep(tmp_path / "out", doc=str(document), doc_prefix="r")
+    sweep = _write_sweep(tmp_path / "s.yaml", config)
+    single_recipe = _write_sweep(tmp_path / "single.yaml", {"out": str(tmp_path / "o"), "doc": str(document)})
+    errors = {
+        "no single marker pair for <!-- r:data:start/end -->": ["--sweep", str(sweep)],
+        "--doc-prefix needs --doc": ["--out", str(tmp_path), "--report-only", "--doc-prefix", "r"],
+        f"--doc {tmp_path / 'nope.md'}: file not found": ["--sweep", str(sweep), "--doc", str(tmp_path / "nope.md")],
+        "only a sweep with comparisons": ["--sweep", str(single_recipe), "--report-only", "--doc-prefix", "r"],
+        "give the marker prefix with --doc-prefix": ["--sweep", str(sweep), "--doc-prefix", ""],
+    }
+    for message, argv in errors.items():
+        with pytest.raises(SystemExit):
+            cli.parse_args(argv)
+        assert message in capsys.readouterr().err, message
+    document.write_text(DOC)
+    args, *_ = cli.parse_args(["--sweep", str(sweep)])
+    assert args.document == doc.Document(document, "r")
+
+
 @pytest.mark.slow
 def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
     out = tmp_path / "results"
-    sweep = _write_sweep(tmp_path / "arms.yaml", _arms_sweep(out))
+    document = tmp_path / "results.md"
+    document.write_text(DOC)
+    sweep = _write_sweep(tmp_path / "arms.yaml", _arms_sweep(out, doc=str(document), doc_prefix="r"))
     assert cli.main(["--sweep", str(sweep)]) == 0
     rows = plan.load_rows(out / "raw.jsonl")
     by = {(row["arm"], row["seed"]): row for row in rows}
@@ -394,6 +443,14 @@ def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
         assert (out / name).stat().st_size > 5000, name
     assert not (out / "versus_recipes.png").exists()  # no x axis given for that comparison
     assert (out / "missing.md").read_text() == "All 6 planned runs finished.\n"
+    # The document quotes each comparison's section of table.md and missing.md, between its markers only.
+    quoted = document.read_text()
+    assert quoted.startswith("# Results\nHand-written status.\n<!-- r:recipes:start -->\n### RTE")
+    for name in ("recipes", "data"):
+        section = table.split(f"(`{name}`)\n\n")[1].split("\n## ")[0].strip()
+        assert f"<!-- r:{name}:start -->\n{section}\n<!-- r:{name}:end -->" in quoted, name
+    assert "Hand-written verdict.\n" in quoted
+    assert "<!-- r:missing:start -->\nAll 6 planned runs finished.\n<!-- r:missing:end -->" in quoted
 
     # A restart skips finished runs; another sweep of the same arms takes the rows over instead of training again.
     capsys.readouterr()

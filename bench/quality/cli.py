@@ -8,6 +8,7 @@
     python -m bench.quality --sweep bench/quality_sweeps/minilm.yaml --report-only  # ... and missing.md
     python -m bench.quality --out bench/results/minilm --report-only --baseline spg  # variants vs the paper form
     python -m bench.quality --sweep bench/quality_sweeps/when_spg_pays.yaml  # arms with their own recipes
+    python -m bench.quality --sweep bench/quality_sweeps/when_spg_pays.yaml --report-only  # + its doc's tables
 
 Run from the repository root. Flags after `--` go to run_glue_spg.py unchanged. A sweep file may define `arms`
 (a variant with its own lr, epochs, train_samples and extra flags, each a number or a {task: number} mapping),
@@ -18,6 +19,7 @@ its stages then name arms instead of variants.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from bench.quality.doc import Document, absent_markers
 from bench.quality.plan import (
     BASELINE,
     DEFAULT_VARIANTS,
@@ -74,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--script", type=Path, default=DEFAULT_SCRIPT)
     parser.add_argument("--report-only", dest="report_only", action="store_true", help="rebuild table/plots only")
     parser.add_argument(
+        "--doc",
+        type=Path,
+        help="markdown file whose <!-- PREFIX:<comparison>:start/end --> and PREFIX:missing markers receive each "
+        "comparison's tables and the missing runs whenever the report is written (sweeps with comparisons)",
+    )
+    parser.add_argument("--doc-prefix", dest="doc_prefix", help="the marker prefix of --doc")
+    parser.add_argument(
         "--baseline",
         choices=list(VARIANTS),
         default=BASELINE,
@@ -120,6 +130,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Run], list
         runs = plan_runs(stages, arms)
     except PlanError as error:
         parser.error(f"{args.sweep or 'options'}: {error}")
+    args.document = _document(parser, args, comparisons)
     if args.report_only:
         return args, runs, comparisons, tuple(extra)
     if not args.script.is_file():
@@ -171,6 +182,28 @@ def _plan(
     return stages, arms, comparisons
 
 
+def _document(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, comparisons: Sequence[Comparison]
+) -> Document | None:
+    """The --doc target, checked before any run starts: every section the report will copy has its markers."""
+    if args.doc is None:
+        if args.doc_prefix is not None:
+            parser.error("--doc-prefix needs --doc.")
+        return None
+    if not comparisons:
+        parser.error(f"--doc {args.doc}: only a sweep with comparisons copies its tables into a document.")
+    if not args.doc_prefix:
+        parser.error(f"--doc {args.doc}: give the marker prefix with --doc-prefix (doc_prefix in a sweep file).")
+    if not args.doc.is_file():
+        parser.error(f"--doc {args.doc}: file not found.")
+    names = [comparison.name for comparison in comparisons] + ["missing"]
+    absent = absent_markers(args.doc.read_text(), args.doc_prefix, names)
+    if absent:
+        wanted = ", ".join(f"<!-- {args.doc_prefix}:{name}:start/end -->" for name in absent)
+        parser.error(f"--doc {args.doc}: no single marker pair for {wanted}.")
+    return Document(args.doc, args.doc_prefix)
+
+
 def _task_key(name: str) -> str:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in TASK_METRICS:
@@ -181,8 +214,9 @@ def _task_key(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args, runs, comparisons, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out
+    report = functools.partial(write_report, out, runs, comparisons, args.baseline, args.document)
     if args.report_only:
-        write_report(out, runs, comparisons, args.baseline)
+        report()
         return 0
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -196,5 +230,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     adopted = adopt_rows(runs, settings, out, args.reuse_from)
     if adopted:
         print(f"{len(adopted)} runs of identical flags taken over from {', '.join(map(str, args.reuse_from))}.")
-    failures = run_sweep(runs, settings, out, args.script, args.threads, args.jobs, comparisons)
+    failures = run_sweep(runs, settings, out, args.script, args.threads, args.jobs, report)
     return 1 if failures else 0

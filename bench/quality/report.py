@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from bench.quality.doc import Document, update_document
 from bench.quality.plan import (
     BASELINE,
     METRIC_NAMES,
@@ -86,9 +87,34 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def render_comparison(summary: Sequence[dict]) -> str:
+    """Markdown for one comparison of arms with their own recipes: per task, each arm's recipe and metrics, and
+    each treatment's paired difference to its baseline arm."""
+    lines = []
+    for task in summary:
+        metric_names = TASK_METRICS[task["task"]]
+        main_name = METRIC_NAMES.get(task["main_metric"], task["main_metric"])
+        header = ["arm", "variant", "epochs", "lr", "examples", "seeds"]
+        header += [METRIC_NAMES.get(m, m) for m in metric_names]
+        header += ["vs", f"{main_name} diff", "95% interval", "won", "train time (s)"]
+        lines += [f"### {TASK_TITLES[task['task']]} (main metric: {main_name})", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for arm, method in task["methods"].items():
+            arm_recipe = method["recipe"]
+            samples = arm_recipe["train_samples"]
+            cells = [arm, arm_recipe["variant"], _number(arm_recipe["epochs"]), _number(arm_recipe["lr"])]
+            cells += ["all" if samples is None else str(samples), str(len(method["seeds"]))]
+            cells += [mean_std(method["metrics"][m]) for m in metric_names]
+            pair = task["paired"].get(arm)
+            cells += [pair["baseline"] if pair else "", *_pair_cells(pair)]
+            cells.append(f"{method['train_runtime']['mean']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render_comparisons(sections: Sequence[tuple[Comparison, list[dict]]]) -> str:
-    """Markdown for a sweep of arms with their own recipes: per comparison and task, each arm's recipe and metrics,
-    and each treatment's paired difference to its baseline arm."""
+    """table.md of a sweep of arms: the legend, then a section per comparison that has runs."""
     lines = [
         "Metrics in points (x100): mean ± sample std over seeds. Difference: per seed, arm - its baseline arm (named "
         "in 'vs') on the main metric, mean and 95% Student-t interval; won: seeds where the arm scored higher. "
@@ -98,25 +124,7 @@ def render_comparisons(sections: Sequence[tuple[Comparison, list[dict]]]) -> str
         "Variants: " + "; ".join(f"{name} = {describe_variant(name)}" for name in VARIANTS) + ".",
     ]
     for comparison, summary in sections:
-        lines += ["", f"## {comparison.title} (`{comparison.name}`)"]
-        for task in summary:
-            metric_names = TASK_METRICS[task["task"]]
-            main_name = METRIC_NAMES.get(task["main_metric"], task["main_metric"])
-            header = ["arm", "variant", "epochs", "lr", "examples", "seeds"]
-            header += [METRIC_NAMES.get(m, m) for m in metric_names]
-            header += ["vs", f"{main_name} diff", "95% interval", "won", "train time (s)"]
-            lines += ["", f"### {TASK_TITLES[task['task']]} (main metric: {main_name})", ""]
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for arm, method in task["methods"].items():
-                arm_recipe = method["recipe"]
-                samples = arm_recipe["train_samples"]
-                cells = [arm, arm_recipe["variant"], _number(arm_recipe["epochs"]), _number(arm_recipe["lr"])]
-                cells += ["all" if samples is None else str(samples), str(len(method["seeds"]))]
-                cells += [mean_std(method["metrics"][m]) for m in metric_names]
-                pair = task["paired"].get(arm)
-                cells += [pair["baseline"] if pair else "", *_pair_cells(pair)]
-                cells.append(f"{method['train_runtime']['mean']:.0f}")
-                lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"## {comparison.title} (`{comparison.name}`)", "", render_comparison(summary).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -285,22 +293,31 @@ def render_missing(planned: Sequence[Run], rows: Sequence[dict]) -> str:
 
 
 def write_report(
-    out: Path, planned: Sequence[Run] = (), comparisons: Sequence[Comparison] = (), baseline: str = BASELINE
+    out: Path,
+    planned: Sequence[Run] = (),
+    comparisons: Sequence[Comparison] = (),
+    baseline: str = BASELINE,
+    document: Document | None = None,
 ) -> list[dict]:
     """Writes the report of the raw rows in `out`: missing.md when the plan is known; then, with comparisons,
     table.md and summary.json with a section per comparison, main_metric_<name>.png, versus_<name>.png (for a
     comparison with a plot axis) and curves_<name>.png (when its runs evaluated per epoch). Without comparisons
     (a single-recipe sweep), the older report: table.md, summary.json, main_metric.png, each method against
     plain, or only table_vs_<baseline>.md and summary_vs_<baseline>.json against another baseline. Survival
-    plots per task in both cases."""
+    plots per task in both cases. With a `document` (comparisons only), each comparison's tables and the missing
+    runs are also copied between the document's markers."""
     rows = load_rows(out / RAW_FILE)
+    missing = render_missing(planned, rows)
     if planned:
-        (out / "missing.md").write_text(render_missing(planned, rows))
+        (out / "missing.md").write_text(missing)
     if not rows:
         print(f"No finished runs in {out / RAW_FILE}; no report written.", flush=True)
         return []
     if comparisons:
         sections = [(comparison, summarize(rows, comparison.pairs, comparison.arms)) for comparison in comparisons]
+        if document is not None:
+            quoted = {comparison.name: render_comparison(summary) or "No runs yet." for comparison, summary in sections}
+            update_document(document, quoted | {"missing": missing})
         sections = [(comparison, summary) for comparison, summary in sections if summary]
         summary = [{"comparison": c.name, "title": c.title, "tasks": s} for c, s in sections]
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -324,5 +341,7 @@ def write_report(
     if not suffix:
         for task in dict.fromkeys(row["task"] for row in rows):
             plot_survival(task, rows, arms, out, out / f"survival_{task}.png")
-    print(f"Report written to {out}/table{suffix}.md (+ summary{suffix}.json{'' if suffix else ', PNGs'}).", flush=True)
+    quoted_in = f"; its tables copied into {document.path}" if document is not None else ""
+    written = f"{out}/table{suffix}.md (+ summary{suffix}.json{'' if suffix else ', PNGs'}){quoted_in}"
+    print(f"Report written to {written}.", flush=True)
     return summary

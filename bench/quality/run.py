@@ -11,14 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
-from bench.quality.plan import METRIC_NAMES, RAW_FILE, TASK_METRICS, Comparison, Run, Settings, load_rows, row_arm
-from bench.quality.report import points, write_report
+from bench.quality.plan import METRIC_NAMES, RAW_FILE, TASK_METRICS, Run, Settings, load_rows, row_arm
+from bench.quality.report import points
 
 # What stays in a run's folder after its metrics are read: metrics, the training log history (for the survival
 # and per-epoch plots) and the script's output. Model weights, tokenizer copies and the like are deleted.
@@ -154,17 +154,17 @@ def run_sweep(
     out: Path,
     script: Path,
     threads: int,
-    jobs: int = 1,
-    comparisons: Sequence[Comparison] = (),
+    jobs: int,
+    report: Callable[[], object],
 ) -> int:
     """Run every planned run without a row yet, `jobs` at a time in plan order, appending rows as they finish and
-    rewriting the report after each. Returns the number that failed."""
+    calling `report` after each (and at the start, when earlier rows exist). Returns the number that failed."""
     raw_path = out / RAW_FILE
     done = check_finished(runs, load_rows(raw_path), settings, raw_path)
     todo = [run for run in runs if run not in done]
     print(f"{len(runs)} planned runs: {len(done)} already finished, {len(todo)} to run, {jobs} at a time.", flush=True)
     if done:  # rows taken over or left by an earlier start: report them before the first new run ends
-        write_report(out, runs, comparisons)
+        report()
     walls: dict[tuple[str, bool], list[float]] = {}
     failures = []
     unfinished = list(todo)
@@ -201,7 +201,7 @@ def run_sweep(
                 flush=True,
             )
             # Keeps table, plots and missing.md current, so partial results can be read or committed any time.
-            write_report(out, runs, comparisons)
+            report()
     if failures:
         print(f"{len(failures)} runs failed (rerun to retry): {', '.join(map(str, failures))}", flush=True)
     return len(failures)
