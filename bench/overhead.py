@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--task", choices=sorted(TASKS), default="text-classification", help=TASK_HELP)
     parser.add_argument("--model", default=MODEL, help="model folder or hub id (default: %(default)s)")
+    parser.add_argument(
+        "--labels",
+        choices=["random", "model"],
+        default="random",
+        help="token-level tasks: random labels, or the model's own greedy predictions (causal-lm: sequences it "
+        "generates greedily), so that nearly every position survives the chain: the cost on a model that is right "
+        "almost everywhere",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="time only")
     parser.add_argument(
         "--memory-breakdown",
@@ -83,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
+    if args.labels == "model" and args.task not in MODEL_LABELLED_TASKS:
+        parser.error(f"--labels model: only for {' and '.join(MODEL_LABELLED_TASKS)}, not --task {args.task}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -117,6 +127,44 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, task: str, seed:
     else:
         columns["labels"] = torch.randint(0, 2, (size,), generator=generator).tolist()
     return Dataset.from_dict(columns)
+
+
+MODEL_LABELLED_TASKS = ("token-classification", "causal-lm")
+PROMPT_LENGTH = 2
+
+
+@torch.no_grad()
+def label_with_model(dataset: Dataset, model: transformers.PreTrainedModel, task: str, chunk: int = 64) -> Dataset:
+    """The dataset relabelled so that the (eval-mode) model is right at every labelled position: token classification
+    gets the model's argmax per token; causal LM gets token sequences the model generates greedily from each first
+    token, so every next token is its own argmax. Padding and lengths stay as they were."""
+    was_training = model.training
+    model.eval()
+    attention_mask = torch.tensor(dataset["attention_mask"])
+    input_ids = torch.tensor(dataset["input_ids"])
+    labels = torch.empty_like(input_ids)
+    for rows in torch.arange(len(dataset)).split(chunk):
+        if task == "token-classification":
+            labels[rows] = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows]).logits.argmax(-1)
+        else:
+            # The prompt is the first two tokens ([CLS], then a random one, so that sequences differ);
+            # min_new_tokens keeps generation from stopping at the end-of-sequence token.
+            generated = model.generate(
+                input_ids=input_ids[rows, :PROMPT_LENGTH],
+                attention_mask=torch.ones_like(input_ids[rows, :PROMPT_LENGTH]),
+                do_sample=False,
+                max_new_tokens=input_ids.size(1) - PROMPT_LENGTH,
+                min_new_tokens=input_ids.size(1) - PROMPT_LENGTH,
+                pad_token_id=model.config.pad_token_id,
+            )
+            input_ids[rows] = labels[rows] = generated * attention_mask[rows]
+    model.train(was_training)
+    labels = labels.masked_fill(attention_mask == 0, -100)
+    if task == "causal-lm":
+        labels[:, :PROMPT_LENGTH] = -100  # the prompt's random token is not the model's prediction
+    return Dataset.from_dict(
+        {"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(), "labels": labels.tolist()}
+    )
 
 
 def llama_style_config() -> transformers.LlamaConfig:
@@ -209,6 +257,8 @@ def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir:
     transformers.set_seed(0)
     model = TASKS[args.task](model_path)
     dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size, args.task)
+    if args.labels == "model":
+        dataset = label_with_model(dataset, model, args.task)
     settings = dict(
         output_dir=output_dir,
         per_device_train_batch_size=args.batch_size,

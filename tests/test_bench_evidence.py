@@ -136,3 +136,37 @@ def test_heldout_scores_equal_the_models_own_token_mean_loss(class_name):
     logits = output.logits[:, :-1] if causal else output.logits
     expected_accuracy = (logits.argmax(-1)[predicted] == (labels[:, 1:] if causal else labels)[predicted]).float()
     assert scores["token_accuracy"] == pytest.approx(expected_accuracy.mean().item())
+
+
+def test_overhead_labels_from_the_model_make_every_labelled_position_right():
+    from bench import overhead
+
+    config = transformers.LlamaConfig(
+        vocab_size=1200,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    causal = transformers.LlamaForCausalLM(config)
+    dataset = overhead.label_with_model(overhead.synthetic_dataset(6, 12, 1200, "causal-lm"), causal, "causal-lm")
+    ids, mask, labels = (torch.tensor(dataset[name]) for name in ("input_ids", "attention_mask", "labels"))
+    assert causal.training  # left as it was found
+    causal.eval()
+    predicted = causal(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+    scored = labels[:, 1:] != -100  # the loss predicts token t + 1 at position t
+    assert scored.sum() == (mask.sum(1) - overhead.PROMPT_LENGTH).sum() and scored.sum() > 20
+    assert torch.equal(predicted[:, :-1][scored], labels[:, 1:][scored])
+    assert len({tuple(row) for row in ids.tolist()}) > 1  # prompts differ, so the sequences do
+
+    tagger = transformers.AutoModelForTokenClassification.from_pretrained(MINILM, num_labels=2)
+    tagger.eval()
+    raw = overhead.synthetic_dataset(4, 16, tagger.config.vocab_size, "token-classification")
+    relabelled = overhead.label_with_model(raw, tagger, "token-classification")
+    assert relabelled["input_ids"] == raw["input_ids"]
+    ids, mask, labels = (torch.tensor(relabelled[name]) for name in ("input_ids", "attention_mask", "labels"))
+    predicted = tagger(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+    assert torch.equal(labels == -100, mask == 0)
+    assert torch.equal(predicted[mask == 1], labels[mask == 1])
