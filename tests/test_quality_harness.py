@@ -371,7 +371,7 @@ def test_document_sections_replace_only_the_text_between_their_markers():
     assert doc.absent_markers(DOC, "r", ["recipes", "data", "missing", "other"]) == ["other"]
     assert doc.absent_markers(DOC + "<!-- r:data:start -->", "r", ["data"]) == ["data"]  # twice: ambiguous
     assert doc.absent_markers("<!-- r:x:end --><!-- r:x:start -->", "r", ["x"]) == ["x"]  # end before start
-    with pytest.raises(ValueError, match="<!-- r:other:start -->"):
+    with pytest.raises(ValueError, match="<!-- r:other:start/end -->"):
         doc.fill_sections(DOC, "r", {"other": "text"})
 
 

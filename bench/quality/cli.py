@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from bench.quality.doc import Document, absent_markers
+from bench.quality.doc import Document, require_markers
 from bench.quality.plan import (
     BASELINE,
     DEFAULT_VARIANTS,
@@ -197,10 +197,10 @@ def _document(
     if not args.doc.is_file():
         parser.error(f"--doc {args.doc}: file not found.")
     names = [comparison.name for comparison in comparisons] + ["missing"]
-    absent = absent_markers(args.doc.read_text(), args.doc_prefix, names)
-    if absent:
-        wanted = ", ".join(f"<!-- {args.doc_prefix}:{name}:start/end -->" for name in absent)
-        parser.error(f"--doc {args.doc}: no single marker pair for {wanted}.")
+    try:
+        require_markers(args.doc.read_text(), args.doc_prefix, names)
+    except ValueError as error:
+        parser.error(f"--doc {args.doc}: {error}.")
     return Document(args.doc, args.doc_prefix)
 
 

@@ -32,12 +32,17 @@ def absent_markers(text: str, prefix: str, names: Iterable[str]) -> list[str]:
     return absent
 
 
+def require_markers(text: str, prefix: str, names: Iterable[str]) -> None:
+    """Raises ValueError naming every section without its single start/end marker pair."""
+    absent = absent_markers(text, prefix, names)
+    if absent:
+        wanted = ", ".join(f"<!-- {prefix}:{name}:start/end -->" for name in absent)
+        raise ValueError(f"no single marker pair for {wanted}")
+
+
 def fill_sections(text: str, prefix: str, sections: Mapping[str, str]) -> str:
     """`text` with each section's body (stripped, on lines of its own) between its markers."""
-    absent = absent_markers(text, prefix, sections)
-    if absent:
-        wanted = ", ".join(marker(prefix, name, "start") for name in absent)
-        raise ValueError(f"no single start/end marker pair for {wanted} (and the matching :end)")
+    require_markers(text, prefix, sections)
     for name, body in sections.items():
         start, end = marker(prefix, name, "start"), marker(prefix, name, "end")
         head, rest = text.split(start)
