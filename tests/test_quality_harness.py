@@ -466,3 +466,19 @@ def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
         assert row["main"] == by[row["arm"], row["seed"]]["main"]
         assert (copy_out / row["output_dir"]).resolve() == (out / by[row["arm"], row["seed"]]["output_dir"]).resolve()
     assert json.loads((copy_out / "summary.json").read_text()) == list(summary.values())
+
+
+@pytest.mark.parametrize("sweep", sorted((REPO / "bench" / "quality_sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_sweep_files_plan_every_pair_in_full(sweep, monkeypatch):
+    """A reordered or extended sweep file still parses (doc markers included), and no run is wasted: every planned
+    arm of a comparison has its partner planned on the same task and seed."""
+    monkeypatch.chdir(REPO)  # sweep files name their out and doc folders from the repository root
+    _, runs, comparisons, _ = cli.parse_args(["--sweep", str(sweep), "--report-only"])
+    assert runs and len(set(runs)) == len(runs)
+    planned = {(run.task, run.arm, run.seed) for run in runs}
+    for comparison in comparisons:
+        assert {arm for arm, _ in comparison.pairs} <= {arm for _, arm, _ in planned}, comparison.name
+        for treatment, baseline in comparison.pairs:
+            for task, arm, seed in planned:
+                if arm == treatment:
+                    assert (task, baseline, seed) in planned, (comparison.name, task, treatment, seed)
