@@ -98,6 +98,15 @@ def test_table_pairs_by_seed_and_shows_secondary_metrics():
     assert "| 2/2 | 20 |" in table
 
 
+def test_devices_counted_per_device_and_threads_older_rows_named_unrecorded():
+    gpu = {"device": "NVIDIA H200", "threads": 4}
+    rows = [{"device": "CPU, 2 cores", "threads": 1}, gpu, {}, {"device": "CPU, 2 cores", "threads": 1}, gpu, gpu]
+    assert report.render_devices(rows) == (
+        "Runs per device: CPU, 2 cores, 1 torch thread per run: 2; NVIDIA H200, 4 torch threads per run: 3; "
+        "device not recorded: 1.\n"
+    )
+
+
 def test_report_against_another_baseline(tmp_path):
     rows = [
         _row("cola", variant, seed, eval_matthews_correlation=value)
@@ -185,6 +194,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     for row in rows:
         assert row["main_metric"] == "eval_accuracy" and 0 <= row["main"] <= 1
         assert row["train_runtime"] > 0
+        assert row["device"] == run.device_name() and row["threads"] == 1
         assert float(row["flags"][row["flags"].index("--learning_rate") + 1]) == 5e-4
         assert row["flags"][row["flags"].index("--spg_enabled") + 1] == (
             "false" if row["variant"] == "plain" else "true"
@@ -214,6 +224,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     spg_cell += f"[{100 * (diffs.mean() - half):+.2f}, {100 * (diffs.mean() + half):+.2f}] | {pair['wins']}/2"
     assert f"| plain | 2 | {plain_cell} |" in table
     assert f"| spg | 2 | {spg_cell}" in table
+    assert table.endswith(f"\nRuns per device: {run.device_name()}, 1 torch thread per run: 4.\n")
     for name in ("main_metric.png", "survival_rte.png"):
         assert (out / name).stat().st_size > 5000
 

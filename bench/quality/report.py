@@ -275,6 +275,17 @@ def plot_survival(task: str, rows: Sequence[dict], arms: Sequence[str], out: Pat
     return True
 
 
+def render_devices(rows: Sequence[dict]) -> str:
+    """Where the runs trained, since their train times depend on it: a count per device and torch threads."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        where = row.get("device", "device not recorded")
+        if "threads" in row:
+            where += f", {row['threads']} torch thread{'s' if row['threads'] > 1 else ''} per run"
+        counts[where] = counts.get(where, 0) + 1
+    return "Runs per device: " + "; ".join(f"{where}: {count}" for where, count in counts.items()) + ".\n"
+
+
 def render_missing(planned: Sequence[Run], rows: Sequence[dict]) -> str:
     """The planned runs that have no row yet, one line per task and arm (in the order the plan first names them)."""
     finished = {(row["task"], row_arm(row), row["seed"]) for row in rows}
@@ -321,7 +332,7 @@ def write_report(
         sections = [(comparison, summary) for comparison, summary in sections if summary]
         summary = [{"comparison": c.name, "title": c.title, "tasks": s} for c, s in sections]
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (out / "table.md").write_text(render_comparisons(sections))
+        (out / "table.md").write_text(render_comparisons(sections) + "\n" + render_devices(rows))
         for comparison, tasks in sections:
             plot_main_metric(tasks, rows, out / f"main_metric_{comparison.name}.png")
             if comparison.x is not None:
@@ -335,7 +346,7 @@ def write_report(
         summary = summarize(rows, comparison.pairs, arms)
         suffix = "" if baseline == BASELINE else f"_vs_{baseline}"
         (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (out / f"table{suffix}.md").write_text(render_table(summary, baseline))
+        (out / f"table{suffix}.md").write_text(render_table(summary, baseline) + "\n" + render_devices(rows))
         if not suffix:  # the plots show each method's own values, whatever it is paired against
             plot_main_metric(summary, rows, out / "main_metric.png")
     if not suffix:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -118,10 +119,22 @@ def execute(run: Run, settings: Settings, out: Path, script: Path, threads: int)
         "train_samples": train_samples,
         "train_runtime": train_runtime,
         "wall_s": round(wall, 1),
+        "device": device_name(),
+        "threads": threads,
         "output_dir": str(run.folder),
         "flags": flags,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+@functools.cache
+def device_name() -> str:
+    """What a run trains on, for reading its wall time: Trainer takes the first GPU when one is visible."""
+    import torch  # here, not at the top: planning and reporting need no torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores"
 
 
 def _read_json(path: Path) -> dict:
