@@ -224,7 +224,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     spg_cell += f"[{100 * (diffs.mean() - half):+.2f}, {100 * (diffs.mean() + half):+.2f}] | {pair['wins']}/2"
     assert f"| plain | 2 | {plain_cell} |" in table
     assert f"| spg | 2 | {spg_cell}" in table
-    assert table.endswith(f"\nRuns per device: {run.device_name()}, 1 torch thread per run: 4.\n")
+    assert table.endswith(f"\n## Devices\n\nRuns per device: {run.device_name()}, 1 torch thread per run: 4.\n")
     for name in ("main_metric.png", "survival_rte.png"):
         assert (out / name).stat().st_size > 5000
 

@@ -324,6 +324,7 @@ def write_report(
     if not rows:
         print(f"No finished runs in {out / RAW_FILE}; no report written.", flush=True)
         return []
+    devices = "\n## Devices\n\n" + render_devices(rows)
     if comparisons:
         sections = [(comparison, summarize(rows, comparison.pairs, comparison.arms)) for comparison in comparisons]
         if document is not None:
@@ -332,7 +333,7 @@ def write_report(
         sections = [(comparison, summary) for comparison, summary in sections if summary]
         summary = [{"comparison": c.name, "title": c.title, "tasks": s} for c, s in sections]
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (out / "table.md").write_text(render_comparisons(sections) + "\n" + render_devices(rows))
+        (out / "table.md").write_text(render_comparisons(sections) + devices)
         for comparison, tasks in sections:
             plot_main_metric(tasks, rows, out / f"main_metric_{comparison.name}.png")
             if comparison.x is not None:
@@ -346,7 +347,7 @@ def write_report(
         summary = summarize(rows, comparison.pairs, arms)
         suffix = "" if baseline == BASELINE else f"_vs_{baseline}"
         (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
-        (out / f"table{suffix}.md").write_text(render_table(summary, baseline) + "\n" + render_devices(rows))
+        (out / f"table{suffix}.md").write_text(render_table(summary, baseline) + devices)
         if not suffix:  # the plots show each method's own values, whatever it is paired against
             plot_main_metric(summary, rows, out / "main_metric.png")
     if not suffix:
