@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -277,12 +278,11 @@ def plot_survival(task: str, rows: Sequence[dict], arms: Sequence[str], out: Pat
 
 def render_devices(rows: Sequence[dict]) -> str:
     """Where the runs trained, since their train times depend on it: a count per device and torch threads."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        where = row.get("device", "device not recorded")
-        if "threads" in row:
-            where += f", {row['threads']} torch thread{'s' if row['threads'] > 1 else ''} per run"
-        counts[where] = counts.get(where, 0) + 1
+    counts = Counter(
+        row.get("device", "device not recorded")
+        + (f", {row['threads']} torch thread{'s' if row['threads'] > 1 else ''} per run" if "threads" in row else "")
+        for row in rows
+    )
     return "Runs per device: " + "; ".join(f"{where}: {count}" for where, count in counts.items()) + ".\n"
 
 
