@@ -40,7 +40,7 @@ from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
-from spg_hf.spg import TRPChain, per_example_terms, spg_loss, token_level_terms
+from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, spg_loss, token_level_terms
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
 
 logger = logging.get_logger(__name__)
@@ -50,6 +50,12 @@ SPG_WEIGHTS_NAME = "spg_modules.safetensors"
 # Below this share of positions reaching module 1, `survivors` normalisation gives each survivor more than 7 times
 # (0.7 / 0.1) the weight the model's own loss gives a position; in docs/results.md that collapsed weak LMs.
 LOW_TOKEN_SURVIVAL = 0.1
+# A classifier whose module-1 survivors are (almost) all of one label predicts one class, and the module terms then
+# add weight to that class alone. In docs/results.md ("When does SPG pay?") the GLUE runs that left this state had
+# left it by two thirds of training at the latest (CoLA at 5e-5: survivors under 98 % one label from 58 % of training
+# on), the runs that did not stayed in it to the end (CoLA at 2e-5: 100 % from step 40 of 804): warn from 3/4 on.
+ONE_LABEL_SURVIVORS = 0.98
+ONE_LABEL_FROM_PROGRESS = 0.75
 
 
 def spg_objective(model: PreTrainedModel, family: HeadFamily) -> str:
@@ -196,14 +202,25 @@ class SPGChainRun:
 
     # ---- statistics for logging ----
 
+    @property
+    def counts_survivor_labels(self) -> bool:
+        """Whether each example has one class label, so the labels of the module-1 survivors can be counted."""
+        return self.objective == "classification" and not self.family.token_level
+
     def reset_statistics(self) -> None:
         self.survival_sum: torch.Tensor | float = 0.0
         self.module_loss_sum: torch.Tensor | float = 0.0
+        self.survivor_label_counts: torch.Tensor | int = 0
         self.recorded_batches = 0
 
-    def record(self, survival: torch.Tensor, module_losses: torch.Tensor) -> None:
-        self.survival_sum = self.survival_sum + survival
-        self.module_loss_sum = self.module_loss_sum + module_losses
+    def record(self, result: SPGLoss, targets: Any, base_correct: torch.Tensor) -> None:
+        self.survival_sum = self.survival_sum + result.survival
+        self.module_loss_sum = self.module_loss_sum + result.module_losses
+        if self.counts_survivor_labels:
+            survivor_labels = targets.to(base_correct.device)[base_correct]
+            self.survivor_label_counts = self.survivor_label_counts + torch.bincount(
+                survivor_labels, minlength=self.model.config.num_labels
+            )
         self.recorded_batches += 1
 
 
@@ -302,6 +319,7 @@ class SPGTrainer(Trainer):
         self._user_optimizer = kwargs.get("optimizers", (None, None))[0] is not None
         self._spg_run: SPGChainRun | None = None
         self._warned_low_survival = False
+        self._warned_one_label = False
         self._update_steps_per_epoch: int | None = None
         # Trainer counts items, passes the count to the model and skips the division by the accumulation steps for
         # every model whose forward takes **kwargs; only a model that divides by the count may keep that.
@@ -411,7 +429,7 @@ class SPGTrainer(Trainer):
             self.args.spg_normalize,
             self.args.spg_loss_normalization,
         )
-        run.record(result.survival, result.module_losses)
+        run.record(result, targets, base_correct)
         loss = result.loss
         if item_share is not None and self.args.average_tokens_across_devices:
             loss = loss * self._processes_sharing_item_count()
@@ -445,9 +463,31 @@ class SPGTrainer(Trainer):
             for t, (survival, module_loss) in enumerate(zip(*statistics, strict=True), start=1):
                 logs[f"spg/survival_{t}"] = round(survival, 4)
                 logs[f"spg/loss_{t}"] = round(module_loss, 4)
+            if run.counts_survivor_labels:
+                counts = self.accelerator.reduce(run.survivor_label_counts.to(self.args.device), reduction="sum")
+                if counts.sum() > 0:
+                    top_share = (counts.max() / counts.sum()).item()
+                    logs["spg/survivors_in_top_label"] = round(top_share, 4)
+                    self._warn_if_survivors_share_one_label(top_share, counts.argmax().item())
             run.reset_statistics()
             self._warn_if_few_tokens_survive(statistics[0][0])
         super().log(logs, start_time)
+
+    def _warn_if_survivors_share_one_label(self, top_share: float, label: int) -> None:
+        if (
+            top_share >= ONE_LABEL_SURVIVORS
+            and self.state.global_step >= ONE_LABEL_FROM_PROGRESS * self.state.max_steps
+            and not self._warned_one_label
+        ):
+            self._warned_one_label = True
+            name = self.model.config.id2label.get(label, label)
+            logger.warning(
+                f"SPG: at step {self.state.global_step} of {self.state.max_steps}, {top_share:.1%} of the examples "
+                f"reaching module 1 have the label {name!r}: the model predicts one class, and the module terms add "
+                "weight to that class alone, which holds it there. In our GLUE runs with HF's recipe (lr 2e-5, 3 "
+                "epochs) SPG stayed in this state to the end on CoLA and RTE where plain fine-tuning left it; a "
+                "learning rate of 5e-5 or more epochs let SPG learn (docs/results.md, 'When does SPG pay?')."
+            )
 
     def _warn_if_few_tokens_survive(self, survival: float) -> None:
         if (

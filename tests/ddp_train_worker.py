@@ -71,7 +71,8 @@ def train(name: str, output_dir: str) -> None:
     )
     trainer.train()
     with open(path + ".json", "w") as file:
-        json.dump({"layer_calls": layer_calls, "steps": trainer.state.global_step}, file)
+        shares = [log["spg/survivors_in_top_label"] for log in trainer.state.log_history if "loss" in log]
+        json.dump({"layer_calls": layer_calls, "steps": trainer.state.global_step, "survivor_shares": shares}, file)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 
@@ -12,9 +13,9 @@ import torch
 from conftest import no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.spg import per_example_terms, spg_loss
-from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
+from spg_hf import SPGTrainer, SPGTrainingArguments, spg_trainer
+from spg_hf.spg import SPGLoss, per_example_terms, spg_loss
+from spg_hf.spg_trainer import SPG_WEIGHTS_NAME, SPGChainRun
 
 WEIGHTS = [0.4, 0.2, 0.1]
 
@@ -345,6 +346,41 @@ def test_survival_and_module_losses_are_logged(output_dir):
             assert 0.0 <= log[f"spg/survival_{t}"] <= 1.0
             assert log[f"spg/loss_{t}"] >= 0.0
         assert log["spg/survival_1"] >= log["spg/survival_2"] >= log["spg/survival_3"]
+
+
+def test_survivor_labels_share_is_counted_from_the_recorded_batches(output_dir):
+    trainer = SPGTrainer(model=tiny_bert(num_labels=3), args=training_args(output_dir))
+    run = trainer._spg_run = SPGChainRun(trainer.model, trainer.args)
+    result = SPGLoss(torch.tensor(1.0), survival=torch.zeros(3), module_losses=torch.zeros(3))
+    # Survivors of the two batches: labels 0, 1, 1 and 1, 2: label 1 holds 3 of 5.
+    run.record(result, torch.tensor([0, 1, 1, 2]), torch.tensor([True, True, True, False]))
+    run.record(result, torch.tensor([1, 2, 0]), torch.tensor([True, True, False]))
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert logs["spg/survivors_in_top_label"] == 0.6
+
+
+def test_survivors_of_one_label_warn_once_from_three_quarters_of_training(output_dir, caplog):
+    model = tiny_bert(id2label={0: "unacceptable", 1: "acceptable"}, label2id={"unacceptable": 0, "acceptable": 1})
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([10.0, 0.0]))  # predicts "unacceptable" for every example
+    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset())
+    with caplog.at_level(logging.WARNING, logger=spg_trainer.__name__):
+        trainer.train()
+    shares = [log["spg/survivors_in_top_label"] for log in trainer.state.log_history if "loss" in log]
+    assert shares == [1.0, 1.0, 1.0, 1.0]
+    messages = [record.getMessage() for record in caplog.records if "predicts one class" in record.getMessage()]
+    assert len(messages) == 1
+    assert "at step 3 of 4" in messages[0] and "'unacceptable'" in messages[0]
+
+
+def test_survivor_labels_are_not_counted_for_regression(output_dir):
+    trainer = SPGTrainer(
+        model=tiny_bert(num_labels=1), args=training_args(output_dir), train_dataset=text_dataset(regression=True)
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs and all("spg/survival_1" in log and "spg/survivors_in_top_label" not in log for log in logs)
 
 
 # ---- 9. other objectives and attach points (every head family: tests/test_heads.py) ----

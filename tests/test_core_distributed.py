@@ -57,6 +57,15 @@ def test_ddp_ranks_end_with_identical_weights(ddp_run, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_ddp_survivor_label_counts_are_summed_over_the_ranks(ddp_run, name):
+    # Each rank counts its own survivors; logging sums the counts, so both ranks log the same shares at every step.
+    (_, info_0), (_, info_1) = rank_results(ddp_run, name)
+    assert len(info_0["survivor_shares"]) == 4
+    assert info_0["survivor_shares"] == info_1["survivor_shares"]
+
+
+@pytest.mark.slow
 def test_ddp_layerdrop_skipped_layers(ddp_run):
     # Otherwise the Wav2Vec2 run would not exercise parameters unused in some steps.
     for _, info in rank_results(ddp_run, "wav2vec2"):
