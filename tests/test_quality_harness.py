@@ -237,7 +237,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     stamp = (out / "rte/spg/seed2/run.log").stat().st_mtime_ns
     capsys.readouterr()
     assert cli.main(_harness_args(out)) == 0
-    assert "4 planned runs: 4 already finished, 0 to run, 2 at a time." in capsys.readouterr().out
+    assert "4 planned runs: 4 already finished, 0 to run, 2 at a time; ETA 0h00m." in capsys.readouterr().out
     assert len((out / "raw.jsonl").read_text().splitlines()) == 4
     assert (out / "rte/spg/seed2/run.log").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="other flags"):
@@ -264,6 +264,35 @@ def _sweep_settings(extra: list[str]) -> plan.Settings:
         logging_steps=10,
         extra=tuple(extra),
     )
+
+
+def test_eta_uses_the_wall_times_of_earlier_starts(tmp_path, monkeypatch, capsys):
+    settings = _sweep_settings([])
+    runs = [plan.Run("rte", "plain", seed, "plain", 5e-5, epochs) for seed, epochs in ((1, 3), (2, 3), (3, 6))]
+    runs.append(plan.Run("rte", "plain_500", 1, "plain", 5e-5, 2, train_samples=500))
+    # An earlier start finished seed 1 in 30 minutes: 10 per epoch.
+    row = {
+        "task": "rte",
+        "arm": "plain",
+        "variant": "plain",
+        "seed": 1,
+        "wall_s": 1800.0,
+        "main_metric": "eval_accuracy",
+    }
+    (tmp_path / plan.RAW_FILE).write_text(json.dumps(row | {"flags": settings.script_flags(runs[0])}) + "\n")
+
+    def execute(planned, *args):  # every new run takes 1 minute per epoch
+        return row | {"seed": planned.seed, "arm": planned.arm, "wall_s": 60.0 * planned.epochs, "main": 0.5}
+
+    monkeypatch.setattr(run, "execute", execute)
+    assert run.run_sweep(runs, settings, tmp_path, Path("unused"), threads=1, jobs=1, report=lambda: None) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # Whole-set runs from seed 1's 10 min per epoch, the subset run from the only kind known (whole-set, 10 min).
+    assert lines[0] == "4 planned runs: 1 already finished, 3 to run, 1 at a time; ETA 1h50m."
+    # After seed 2 (1 min per epoch): whole-set runs at (10 + 1) / 2 = 5.5 min per epoch, the subset at the mean
+    # of all known runs, also 5.5: 6 x 5.5 + 2 x 5.5 = 44 minutes.
+    (after_seed_2,) = [line for line in lines if line.startswith("[1/3]")]
+    assert after_seed_2.endswith("in 0h03m; ETA for the rest 0h44m")
 
 
 def test_arm_flags_equal_the_single_recipe_rows_and_add_the_subset():

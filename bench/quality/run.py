@@ -173,12 +173,29 @@ def run_sweep(
     """Run every planned run without a row yet, `jobs` at a time in plan order, appending rows as they finish and
     calling `report` after each (and at the start, when earlier rows exist). Returns the number that failed."""
     raw_path = out / RAW_FILE
-    done = check_finished(runs, load_rows(raw_path), settings, raw_path)
+    rows = load_rows(raw_path)
+    done = check_finished(runs, rows, settings, raw_path)
     todo = [run for run in runs if run not in done]
-    print(f"{len(runs)} planned runs: {len(done)} already finished, {len(todo)} to run, {jobs} at a time.", flush=True)
+    # Wall time scales with epochs: each remaining run is estimated from finished runs of its kind, per epoch,
+    # those of earlier starts included.
+    walls: dict[tuple[str, bool], list[float]] = {}
+    row_of = {(row["task"], row_arm(row), row["seed"]): row for row in rows}
+    for run in done:
+        walls.setdefault(_cost(run), []).append(row_of[run.key]["wall_s"] / run.epochs)
+
+    def eta(unfinished: Sequence[Run]) -> str:
+        all_walls = [wall for kind in walls.values() for wall in kind]
+        if not all_walls:
+            return "unknown until a run ends"
+        return _duration(sum(np.mean(walls.get(_cost(run), all_walls)) * run.epochs for run in unfinished) / jobs)
+
+    print(
+        f"{len(runs)} planned runs: {len(done)} already finished, {len(todo)} to run, {jobs} at a time; "
+        f"ETA {eta(todo)}.",
+        flush=True,
+    )
     if done:  # rows taken over or left by an earlier start: report them before the first new run ends
         report()
-    walls: dict[tuple[str, bool], list[float]] = {}
     failures = []
     unfinished = list(todo)
 
@@ -204,13 +221,10 @@ def run_sweep(
                 continue
             with open(raw_path, "a") as raw:
                 raw.write(json.dumps(row) + "\n")
-            # Wall time scales with epochs: estimate each remaining run from runs of its kind, per epoch.
             walls.setdefault(_cost(run), []).append(row["wall_s"] / run.epochs)
-            all_walls = [wall for kind in walls.values() for wall in kind]
-            eta = sum(np.mean(walls.get(_cost(later), all_walls)) * later.epochs for later in unfinished) / jobs
             print(
                 f"[{finished}/{len(todo)}] {run}: {METRIC_NAMES.get(row['main_metric'], row['main_metric'])} "
-                f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {_duration(eta)}",
+                f"{points(row['main'])} in {_duration(row['wall_s'])}; ETA for the rest {eta(unfinished)}",
                 flush=True,
             )
             # Keeps table, plots and missing.md current, so partial results can be read or committed any time.
