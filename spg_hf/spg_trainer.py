@@ -485,8 +485,9 @@ class SPGTrainer(Trainer):
                 f"SPG: at step {self.state.global_step} of {self.state.max_steps}, {top_share:.1%} of the examples "
                 f"reaching module 1 have the label {name!r}: the model predicts one class, and the module terms add "
                 "weight to that class alone, which holds it there. In our GLUE runs with HF's recipe (lr 2e-5, 3 "
-                "epochs) SPG stayed in this state to the end on CoLA and RTE where plain fine-tuning left it; a "
-                "learning rate of 5e-5 or more epochs let SPG learn (docs/results.md, 'When does SPG pay?')."
+                "epochs) SPG stayed in this state to the end on CoLA and RTE where plain fine-tuning left it; a larger "
+                "learning rate (5e-5 on CoLA) or more epochs (5 at 5e-5 on RTE) let it learn (docs/results.md, 'When "
+                "does SPG pay?')."
             )
 
     def _warn_if_few_tokens_survive(self, survival: float) -> None:
