@@ -26,11 +26,11 @@ from bench.quality.report import points
 KEPT_FILES = frozenset({"eval_results.json", "train_results.json", "all_results.json", "trainer_state.json", "run.log"})
 
 
-def check_finished(runs: Sequence[Run], rows: Sequence[dict], settings: Settings, raw_path: Path) -> set[Run]:
-    """The planned runs that already have a row. A row made with other flags is an error: mixing settings under
-    one results folder would make the paired comparison meaningless."""
+def check_finished(runs: Sequence[Run], rows: Sequence[dict], settings: Settings, raw_path: Path) -> dict[Run, dict]:
+    """The planned runs that already have a row, with that row. A row made with other flags is an error: mixing
+    settings under one results folder would make the paired comparison meaningless."""
     finished = {(row["task"], row_arm(row), row["seed"]): row for row in rows}
-    done = set()
+    done = {}
     for run in runs:
         row = finished.get(run.key)
         if row is None:
@@ -41,7 +41,7 @@ def check_finished(runs: Sequence[Run], rows: Sequence[dict], settings: Settings
                 f"{raw_path} already holds {run} with other flags:\n  {shlex.join(row['flags'])}\n"
                 f"now asked for:\n  {shlex.join(flags)}\nUse another --out, or the same settings to resume."
             )
-        done.add(run)
+        done[run] = row
     return done
 
 
@@ -173,15 +173,13 @@ def run_sweep(
     """Run every planned run without a row yet, `jobs` at a time in plan order, appending rows as they finish and
     calling `report` after each (and at the start, when earlier rows exist). Returns the number that failed."""
     raw_path = out / RAW_FILE
-    rows = load_rows(raw_path)
-    done = check_finished(runs, rows, settings, raw_path)
+    done = check_finished(runs, load_rows(raw_path), settings, raw_path)
     todo = [run for run in runs if run not in done]
     # Wall time scales with epochs: each remaining run is estimated from finished runs of its kind, per epoch,
     # those of earlier starts included.
     walls: dict[tuple[str, bool], list[float]] = {}
-    row_of = {(row["task"], row_arm(row), row["seed"]): row for row in rows}
-    for run in done:
-        walls.setdefault(_cost(run), []).append(row_of[run.key]["wall_s"] / run.epochs)
+    for run, row in done.items():
+        walls.setdefault(_cost(run), []).append(row["wall_s"] / run.epochs)
 
     def eta(unfinished: Sequence[Run]) -> str:
         all_walls = [wall for kind in walls.values() for wall in kind]
