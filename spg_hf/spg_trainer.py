@@ -217,10 +217,11 @@ class SPGChainRun:
         self.survival_sum = self.survival_sum + result.survival
         self.module_loss_sum = self.module_loss_sum + result.module_losses
         if self.counts_survivor_labels:
-            survivor_labels = targets.to(base_correct.device)[base_correct]
-            self.survivor_label_counts = self.survivor_label_counts + torch.bincount(
-                survivor_labels, minlength=self.model.config.num_labels
-            )
+            # index_add_ rather than bincount of targets[base_correct]: masking and bincount wait for the GPU every
+            # training step, to size their outputs.
+            counts = torch.zeros(self.model.config.num_labels, dtype=torch.long, device=base_correct.device)
+            counts.index_add_(0, targets.to(base_correct.device), base_correct.long())
+            self.survivor_label_counts = self.survivor_label_counts + counts
         self.recorded_batches += 1
 
 
