@@ -13,6 +13,8 @@ import os
 import safetensors.torch
 from test_dropin import ACCUMULATION, ACCUMULATION_CASES, DDP_CASES, MICRO_BATCH, train_weights
 
+from spg_hf.tasks.cli import run_main
+
 PROCESSES = 2
 
 
@@ -37,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
