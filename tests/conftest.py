@@ -1,8 +1,10 @@
-"""Tiny random models (hidden size 32) for every shared-head registry entry, and toy datasets."""
+"""Tiny random models (hidden size 32) for every shared-head registry entry, toy datasets, the 2-process launcher."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -197,3 +199,10 @@ def assert_resumed_inside_cold_start(resumed, uninterrupted, resumed_snapshots, 
 @pytest.fixture
 def output_dir(tmp_path):
     return str(tmp_path / "out")
+
+
+def torchrun(worker: str, *arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Launches 2 processes of `worker` on one machine, as CI and users do."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([*command, *arguments], env=environment, capture_output=True, text=True, timeout=timeout)

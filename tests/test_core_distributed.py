@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import safetensors.torch
 import torch
+from conftest import torchrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
 EXIT_RACE_WORKER = os.path.join(os.path.dirname(__file__), "exit_race_worker.py")
 MODELS = ["bert", "wav2vec2"]
-
-
-def torchrun(worker: str, *arguments: str) -> subprocess.CompletedProcess:
-    """Launches 2 processes of `worker` on one machine, as CI and users do."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
-    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return subprocess.run([*command, *arguments], env=environment, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,13 @@ import dataclasses
 import functools
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import HIDDEN, no_dropout, text_dataset, tiny_bert, tiny_model
+from conftest import HIDDEN, no_dropout, text_dataset, tiny_bert, tiny_model, torchrun
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
@@ -337,15 +335,7 @@ def test_token_level_spg_accumulation_matches_large_batch(tmp_path):
 def test_ddp_accumulation_matches_one_process_large_batch(tmp_path):
     # Trainer sums the item count over processes (average_tokens_across_devices) and multiplies the loss back by
     # the process count; two processes accumulating 2 micro-batches each must take one process's large-batch step.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", DDP_WORKER]
-    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run(
-        [*command, "--output_dir", str(tmp_path), "--cases", *DDP_CASES],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = torchrun(DDP_WORKER, "--output_dir", str(tmp_path), "--cases", *DDP_CASES, timeout=600)
     assert result.returncode == 0, f"DDP workers failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     for case in DDP_CASES:
         start, large = large_batch_weights(str(tmp_path / f"{case}_large"), case)
