@@ -226,8 +226,11 @@ def test_pearson_spearman_by_hand():
 def test_compute_metrics_takes_argmax_or_squeezes():
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 3.0]])
     classify = glue.compute_metrics_for(glue.TASKS["rte"])
+    # Top probabilities 0.690 (right, bin 10 of 15) and 0.953 twice (one right, bin 14): ECE
+    # 1/3 * (1 - 0.690) + 2/3 * (0.953 - 0.5).
+    top = 1 / (1 + math.exp(-0.8)), 1 / (1 + math.exp(-3))
     assert classify(EvalPrediction(predictions=logits, label_ids=np.array([1, 0, 0]))) == pytest.approx(
-        {"accuracy": 2 / 3}
+        {"accuracy": 2 / 3, "expected_calibration_error": (1 - top[0]) / 3 + 2 * (top[1] - 0.5) / 3}
     )
     scores = glue.predicted_labels(glue.TASKS["stsb"], (np.array([[1.5], [2.5]]), np.zeros(2)))
     np.testing.assert_array_equal(scores, [1.5, 2.5])

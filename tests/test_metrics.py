@@ -157,5 +157,5 @@ def test_audio_accuracy_has_the_same_name_both_ways(monkeypatch, loaded):
     hub_result = audio.make_compute_metrics()(prediction)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert audio.make_compute_metrics() is audio.compute_accuracy
-    assert set(hub_result) == set(audio.compute_accuracy(prediction)) == {"accuracy"}
+    assert set(hub_result) == set(audio.compute_accuracy(prediction)) == {"accuracy", "expected_calibration_error"}
     np.testing.assert_array_equal(loaded[0].inputs[0]["predictions"], [1, 0])

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from spg_hf.tasks.cli import ModelArguments, expand_path, resolve_package_path
-from spg_hf.tasks.metrics import load_hub_metric
+from spg_hf.tasks.metrics import expected_calibration_error, load_hub_metric
 
 logger = logging.getLogger("spg_hf")
 
@@ -542,8 +542,9 @@ def load_model(model_args: AudioModelArguments, label_list: list[str]) -> PreTra
 
 
 def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Accuracy of the argmax over the logits, computed locally."""
-    return {"accuracy": float(np.mean(predicted_ids(eval_pred) == eval_pred.label_ids))}
+    """Accuracy of the argmax over the logits, computed locally, and the expected calibration error."""
+    accuracy = float(np.mean(predicted_ids(eval_pred) == eval_pred.label_ids))
+    return {"accuracy": accuracy} | expected_calibration_error(eval_pred.predictions, eval_pred.label_ids)
 
 
 def predicted_ids(eval_pred: EvalPrediction) -> np.ndarray:
@@ -553,13 +554,14 @@ def predicted_ids(eval_pred: EvalPrediction) -> np.ndarray:
 
 def make_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     """A Trainer `compute_metrics`: evaluate's accuracy (as HF run_audio_classification) when the hub is reachable,
-    else compute_accuracy."""
+    else compute_accuracy; the expected calibration error either way."""
     hub_metric = load_hub_metric("accuracy")
     if hub_metric is None:
         return compute_accuracy
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         result = hub_metric.compute(predictions=predicted_ids(eval_pred), references=eval_pred.label_ids)
-        return {name: float(value) for name, value in result.items()}
+        calibration = expected_calibration_error(eval_pred.predictions, eval_pred.label_ids)
+        return {name: float(value) for name, value in result.items()} | calibration
 
     return compute_metrics

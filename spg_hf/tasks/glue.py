@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from spg_hf.tasks.cli import ModelArguments, expand_path
-from spg_hf.tasks.metrics import load_hub_metric
+from spg_hf.tasks.metrics import expected_calibration_error, load_hub_metric
 
 logger = logging.getLogger("spg_hf.tasks.glue")
 
@@ -454,9 +454,14 @@ def compute_metrics_for(task: GlueTask) -> Callable[[EvalPrediction], dict[str, 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         predictions, labels = predicted_labels(task, prediction.predictions), prediction.label_ids
         if hub_metric is None:
-            return glue_metrics(task, predictions, labels)
-        result = hub_metric.compute(predictions=predictions, references=labels)
-        return with_combined_score({name: float(value) for name, value in result.items()})
+            result = glue_metrics(task, predictions, labels)
+        else:
+            computed = hub_metric.compute(predictions=predictions, references=labels)
+            result = with_combined_score({name: float(value) for name, value in computed.items()})
+        if task.is_regression:
+            return result
+        # After combined_score, which averages GLUE's own metrics only.
+        return result | expected_calibration_error(prediction.predictions, labels)
 
     return compute_metrics
 

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import huggingface_hub
+import numpy as np
 
 logger = logging.getLogger("spg_hf.tasks.metrics")
 
@@ -36,3 +37,25 @@ def load_hub_metric(path: str, config_name: str | None = None) -> Any | None:
     except Exception as error:  # noqa: BLE001 - whatever stops the download, the local implementation stands in
         logger.warning(f"Could not load the {description} metric with evaluate ({error}); computing it locally.")
         return None
+
+
+CALIBRATION_BINS = 15
+
+
+def expected_calibration_error(predictions: np.ndarray | tuple, labels: np.ndarray) -> dict[str, float]:
+    """{"expected_calibration_error": ECE} of a classifier's logits (the first array of a tuple): examples are binned
+    by their top softmax probability (CALIBRATION_BINS equal-width bins), and each bin's |accuracy - mean top
+    probability| is weighted by its share of the examples. 0 is perfectly calibrated; a model that predicts one
+    class with confidence 0.9 and is right half the time scores 0.4. The eval loss alone mixes calibration with
+    accuracy, so the comparisons report both."""
+    logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    confidence = probabilities.max(axis=-1)
+    correct = probabilities.argmax(axis=-1) == np.asarray(labels)
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    error = 0.0
+    for index in np.unique(bins):
+        members = bins == index
+        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return {"expected_calibration_error": float(error)}
