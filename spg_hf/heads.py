@@ -58,7 +58,9 @@ class HeadFamily:
     # are position-wise: they map states of any leading shape ([positions, width] in training) to logits.
     head: HeadFn
     reads: str  # one of READS_*
-    capture: str | None = None  # module whose forward input is the head's input; None: model.base_model's output[0]
+    # Where the head's input is captured: the forward input of a module (its dotted path in the model, or a function
+    # that finds it), or with None the first output of model.base_model.
+    capture: str | Callable[[nn.Module], nn.Module] | None = None
     # The head ends in a linear `classifier` on a pooled vector: the reference code's "pooled" attach point.
     offers_pooled: bool = False
 
@@ -70,11 +72,31 @@ class HeadFamily:
     def token_level(self) -> bool:
         return self.task in TOKEN_LEVEL_TASKS
 
+    def capture_module(self, model: nn.Module) -> nn.Module:
+        if self.capture is None:
+            return model.base_model
+        if callable(self.capture):
+            return self.capture(model)
+        return model.get_submodule(self.capture)
+
+    def register_capture(self, model: nn.Module, receive: Callable[[torch.Tensor], None]) -> Any:
+        """Hooks `receive(state)` onto every call of the capture module with the state it captures; returns the
+        hook's handle."""
+        module = self.capture_module(model)
+        if self.capture is None:
+            return module.register_forward_hook(lambda module, args, output: receive(output[0]))
+
+        def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            receive(args[0] if args else next(iter(kwargs.values())))
+
+        return module.register_forward_pre_hook(on_input, with_kwargs=True)
+
     def select(self, model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """The positions of the captured state the head reads, kept as a length-1 sequence where the head indexes
-        a sequence itself. Token-level heads read every position; training picks the labelled ones (`token_targets`)."""
+        a sequence itself (a state captured already pooled, [batch, width], stays as it is). Token-level heads read
+        every position; training picks the labelled ones (`token_targets`)."""
         if self.reads == READS_FIRST:
-            return state[:, :1]
+            return state if state.dim() == 2 else state[:, :1]
         if self.reads == READS_LAST:
             rows = torch.arange(state.shape[0], device=state.device)
             return state[rows, last_non_padding_position(model, inputs, state.device)].unsqueeze(1)
@@ -87,7 +109,7 @@ class HeadFamily:
         the model's hidden size for the base model's output."""
         if self.capture is None:
             return model.config.get_text_config().hidden_size
-        return next(m for m in getattr(model, self.capture).modules() if isinstance(m, nn.Linear)).in_features
+        return next(m for m in self.capture_module(model).modules() if isinstance(m, nn.Linear)).in_features
 
 
 def last_non_padding_position(model: PreTrainedModel, inputs: dict[str, Any], device: torch.device) -> Any:
@@ -347,7 +369,8 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "first_token_classifier",
         "sequence_classification",
-        "a `classifier` head module that reads the first token itself (dense, activation, projection)",
+        "a `classifier` head module that reads the first token itself, or the first token the model hands it (dense, "
+        "activation, projection)",
         lambda m: (
             _reads_text(m)
             and _module(m, "classifier") is not None
@@ -356,6 +379,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         ),
         _classifier_head,
         READS_FIRST,
+        capture="classifier",
     ),
     HeadFamily(
         "token_classifier",
@@ -382,6 +406,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         lambda m: _has_linear(m, "vocab_transform") and _has_linear(m, "vocab_projector"),
         _vocab_projector_head,
         READS_LABELLED,
+        capture="vocab_transform",
     ),
     HeadFamily(
         "masked_lm_head",
@@ -390,6 +415,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _applies_lm_head_alone,
         _lm_head,
         READS_LABELLED,
+        capture=lm_head_module,
     ),
     HeadFamily(
         "causal_lm_head",
@@ -398,6 +424,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _applies_lm_head_alone,
         _lm_head,
         READS_LABELLED,
+        capture=lm_head_module,
     ),
 )
 
@@ -439,3 +466,62 @@ def head_family_for(model: nn.Module) -> HeadFamily:
         f"SPG does not support {name}: its head matches none of the {task.replace('_', ' ')} head families ({rules})."
         " Add a HeadFamily to spg_hf.heads.FAMILIES, or set spg_enabled=False."
     )
+
+
+def _describe_capture(family: HeadFamily, model: nn.Module) -> str:
+    module = family.capture_module(model)
+    path = next(name for name, candidate in model.named_modules() if candidate is module)
+    return f"`{path}`" + (" (the base model)" if family.capture is None else "")
+
+
+def _predictions_agree(shared: Any, own: Any) -> bool:
+    """Whether the shared head's logits equal the model's own, up to the rounding of a recomputation in their
+    dtype (a head applied to fewer positions may sum in another order)."""
+    pairs = zip(shared, own, strict=True) if isinstance(own, tuple) else [(shared, own)]
+    for computed, expected in pairs:
+        if computed.shape != expected.shape:
+            return False
+        tolerance = 1e-3 if expected.dtype in (torch.float32, torch.float64) else 5e-2
+        expected = expected.float()
+        if (computed.float() - expected).abs().max() > tolerance * (expected.abs().max() + 1):
+            return False
+    return True
+
+
+def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> None:
+    """Runs the model once in eval mode on `batch` and checks what SPG relies on: the forward calls the module the
+    family captures, and the family's head on the captured state reproduces the model's own logits. A model that
+    matches a family by its modules but computes its prediction another way (its forward bypasses the head module,
+    or the head reads another shape) gets a ValueError that names the family and what failed, before training."""
+    name = type(model).__name__
+    refusal = f"SPG does not support {name} with head family {family.name} ({family.rule}): "
+    captured: list[torch.Tensor] = []
+    handle = family.register_capture(model, captured.append)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(**batch)
+            if not captured:
+                raise ValueError(
+                    refusal + f"its forward never calls {_describe_capture(family, model)}, where the head's input "
+                    "is captured. Set spg_enabled=False to train it as with Trainer."
+                )
+            own = (
+                (outputs["start_logits"], outputs["end_logits"])
+                if family.task == "question_answering"
+                else (outputs["logits"])
+            )
+            try:
+                shared = family.head(model, family.select(model, captured[0], batch), batch)
+            except (RuntimeError, IndexError, TypeError, AttributeError) as error:
+                failure = f"the family's head fails on the state its forward hands on ({error})."
+                raise ValueError(refusal + failure) from error
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not _predictions_agree(shared, own):
+        raise ValueError(
+            refusal + "the family's head on the captured state does not reproduce the model's logits, so its forward "
+            "computes the prediction another way. Set spg_enabled=False to train it as with Trainer."
+        )

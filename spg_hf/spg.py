@@ -149,15 +149,23 @@ def spg_loss(
     weights: list[float],
     normalize: str,
     loss_normalization: bool = False,
+    trajectories: torch.Tensor | None = None,
 ) -> SPGLoss:
     """Combine the base loss with the masked module losses.
 
-    base_loss: mean CE_0 (the model's own loss); base_correct: c_0 per example; module_terms: (CE_t, c_t) per module.
+    base_loss: mean CE_0 (the model's own loss); base_correct: c_0 per example; module_terms: (CE_t, c_t) per module;
+    trajectories: which examples are trajectories (None: all); the others, whose labels the model's loss ignores,
+    count in no term, denominator or survival share.
     loss_normalization multiplies by the detached exp(CE_0 - L), as the reference code does for QA.
     """
-    alive = base_correct.float()
-    # A token-level micro-batch may hold no labelled position: its terms are then 0, not 0 / 0.
-    batch_size = max(alive.numel(), 1)
+    if trajectories is None:
+        alive = base_correct.float()
+        batch_size = alive.numel()
+    else:
+        alive = (base_correct & trajectories).float()
+        batch_size = trajectories.sum()
+    # A micro-batch may hold no trajectory (no labelled position or example): its terms are then 0, not 0 / 0.
+    batch_size = batch_size.clamp(min=1) if isinstance(batch_size, torch.Tensor) else max(batch_size, 1)
     total = base_loss
     survival, module_losses = [], []
     for weight, (losses, correct) in zip(weights, module_terms, strict=True):

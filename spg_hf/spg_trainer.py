@@ -16,12 +16,17 @@ import ast
 import contextlib
 import inspect
 import os
+import random
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
 import safetensors.torch
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.loss.loss_utils import (
@@ -38,7 +43,7 @@ from transformers.utils import logging
 
 from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
-from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets
+from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets, verify_head
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, spg_loss, token_level_terms
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
@@ -94,9 +99,11 @@ class SPGChainRun:
         self.args = args
         self.family = check_spg_support(model, args)
         self.objective = spg_objective(model, self.family)
-        reference = next(model.parameters())
+        # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
+        # a float32 chain as it casts the model's own layers.
+        reference = next(p for p in model.parameters() if p.is_floating_point())
         self.chain = TRPChain(self.family.width(model), args.spg_dropout_rates, args.spg_activation)
-        self.chain.to(reference.device)
+        self.chain.to(device=reference.device, dtype=reference.dtype)
         model.add_module(CHAIN_ATTRIBUTE, self.chain)
 
         self.saved_ignore_keys = model._keys_to_ignore_on_save
@@ -107,12 +114,12 @@ class SPGChainRun:
         self.inputs: dict[str, Any] = {}
         self.targets: Any = None
         self.captured: torch.Tensor | None = None
+        self.captured_autocast: torch.autocast | None = None
         self.chain_result: Any = None
-        if self.family.capture is None:
-            capture = model.base_model.register_forward_hook(self._on_base_output)
-        else:
-            capture = getattr(model, self.family.capture).register_forward_pre_hook(self._on_head_input)
-        self.handles = [capture, model.register_forward_hook(self._on_model_output)]
+        self.handles = [
+            self.family.register_capture(model, self._run_chain),
+            model.register_forward_hook(self._on_model_output),
+        ]
         self.reset_statistics()
 
     def detach(self) -> None:
@@ -123,20 +130,22 @@ class SPGChainRun:
 
     # ---- running the chain inside the model's forward ----
 
-    def _on_base_output(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._run_chain(output[0])
-
-    def _on_head_input(self, module: nn.Module, args: tuple) -> None:
-        self._run_chain(args[0])
-
     def _run_chain(self, captured: torch.Tensor) -> None:
         if not self.armed:
             return
         # Disarm first: the shared head may contain the hooked module itself.
         self.armed = False
         if self.family.token_level:
-            # Token-level chains run only where the model's own prediction was right: known after its head ran.
+            # Token-level chains run only where the model's own prediction was right: known after its head ran, in
+            # the model-level hook, which runs after accelerate's autocast has closed: it reopens the autocast state
+            # the head's input was computed in.
+            device_type = captured.device.type
             self.captured = captured
+            self.captured_autocast = torch.autocast(
+                device_type,
+                dtype=torch.get_autocast_dtype(device_type),
+                enabled=torch.is_autocast_enabled(device_type),
+            )
             return
         state = self.family.select(self.model, captured, self.inputs)
         self.chain_result = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
@@ -144,9 +153,12 @@ class SPGChainRun:
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self.captured is not None:
             captured, self.captured = self.captured, None
-            self.chain_result = self._token_level_terms(captured, output["logits"])
+            with self.captured_autocast:
+                self.chain_result = self._token_level_terms(captured, output["logits"])
         if self.chain_result is None:
             return None
+        # Returned with the outputs so that DDP sees the chain's parameters used in the forward; `armed` hands the
+        # outputs on without them.
         chain_result, self.chain_result = self.chain_result, None
         return output, chain_result
 
@@ -162,29 +174,47 @@ class SPGChainRun:
         )
         return base_correct, terms
 
-    def forward(
-        self, model: nn.Module, inputs: dict[str, Any], targets: Any
-    ) -> tuple[Any, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Call the (possibly wrapped) model with the chain armed; returns its outputs, the correctness c_0 of its own
-        predictions and every module's (CE_t, c_t), per example or, at the token level, per labelled position."""
+    @contextlib.contextmanager
+    def armed_call(self, model: nn.Module, inputs: dict[str, Any], targets: Any) -> Iterator[list]:
+        """Arms the chain for the next call of `model` (the model as Trainer wrapped it: DDP, compiled, or itself).
+        That call returns the model's own outputs, as Trainer expects them; the chain's result goes into the list
+        this yields."""
+        chain_results: list = []
+
+        def hand_on_outputs(module: nn.Module, args: tuple, result: Any) -> Any:
+            if self.armed:  # the capture never fired; `terms` says so
+                return None
+            outputs, chain_result = result
+            chain_results.append(chain_result)
+            return outputs
+
         self.inputs, self.targets, self.armed = inputs, targets, True
+        handle = model.register_forward_hook(hand_on_outputs)
         try:
-            result = model(**inputs)
+            yield chain_results
         finally:
+            handle.remove()
             self.inputs, self.targets, self.armed = {}, None, False
-        if not isinstance(result, tuple) or len(result) != 2:
+
+    def terms(
+        self, outputs: Any, targets: Any, chain_results: list
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """The correctness c_0 of the model's own predictions, every module's (CE_t, c_t), per example or, at the
+        token level, per labelled position, and which examples are trajectories (None: all of them)."""
+        if not chain_results:
             raise RuntimeError(
                 f"The SPG chain did not run in the forward of {type(self.model).__name__}: its head family "
-                "captures the wrong module."
+                f"{self.family.name} captures a module the forward did not call."
             )
-        outputs, chain_result = result
         if self.family.token_level:
-            base_correct, module_terms = chain_result
-            return outputs, base_correct, module_terms
+            base_correct, module_terms = chain_results[0]
+            return base_correct, module_terms, None
         tolerance = self.args.spg_regression_tolerance
         _, base_correct = per_example_terms(self.objective, self.base_logits(outputs), targets, tolerance)
-        module_terms = [per_example_terms(self.objective, logits, targets, tolerance) for logits in chain_result]
-        return outputs, base_correct, module_terms
+        module_terms = [per_example_terms(self.objective, logits, targets, tolerance) for logits in chain_results[0]]
+        # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
+        trajectories = targets != IGNORE_INDEX if self.objective == "classification" else None
+        return base_correct, module_terms, trajectories
 
     # ---- loss pieces ----
 
@@ -220,9 +250,20 @@ class SPGChainRun:
             # index_add_ rather than bincount of targets[base_correct]: masking and bincount wait for the GPU every
             # training step, to size their outputs.
             counts = torch.zeros(self.model.config.num_labels, dtype=torch.long, device=base_correct.device)
-            counts.index_add_(0, targets.to(base_correct.device), base_correct.long())
+            # Ignored examples (-100) are never correct: clamped to a label, they add nothing.
+            counts.index_add_(0, targets.to(base_correct.device).clamp(min=0), base_correct.long())
             self.survivor_label_counts = self.survivor_label_counts + counts
         self.recorded_batches += 1
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restores the random states of Python, NumPy and torch's CPU generator on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 # Trainer(args=None) trains into this folder.
@@ -328,10 +369,37 @@ class SPGTrainer(Trainer):
             unwrap_peft_model(self.accelerator.unwrap_model(self.model))
         ):
             self.model_accepts_loss_kwargs = False
+        self._verified_head: tuple[nn.Module, HeadFamily] | None = None
         if self.args.spg_enabled:
-            self._check_spg_loss_settings(spg_objective(self.model, check_spg_support(self.model, self.args)))
+            family = check_spg_support(self.model, self.args)
+            self._check_spg_loss_settings(spg_objective(self.model, family))
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
+            if self.model is not None:
+                self._verify_head(family)
+
+    def _verify_head(self, family: HeadFamily) -> None:
+        """`verify_head` on one training example, once per model and family. Skipped without a training set (it
+        runs when training starts) and under DeepSpeed, whose ZeRO-3 weights are partitioned until it wraps the
+        model."""
+        if self.train_dataset is None or self.is_deepspeed_enabled or self._verified_head == (self.model, family):
+            return
+        verify_head(self.model, family, self._one_example_batch())
+        self._verified_head = (self.model, family)
+
+    def _one_example_batch(self) -> dict[str, Any]:
+        """The first training example as Trainer would feed it (unused columns removed, collated, on the model's
+        device), leaving every random state as it was: collators may draw (MLM masking)."""
+        dataset, collator = self.train_dataset, self.data_collator
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        else:
+            collator = self._get_collator_with_removed_columns(collator, description="training")
+        indexable = hasattr(dataset, "__getitem__") and not isinstance(dataset, torch.utils.data.IterableDataset)
+        example = dataset[0] if indexable else next(iter(dataset))
+        with preserved_random_state():
+            batch = collator([example])
+        return send_to_device(batch, next(self.model.parameters()).device)
 
     def _check_spg_loss_settings(self, objective: str) -> None:
         """ValueErrors for loss settings SPG cannot honour. Where Trainer counts items it takes the loss as scaled
@@ -360,6 +428,7 @@ class SPGTrainer(Trainer):
             validate_spg_settings(self.args)
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
+            self._verify_head(check_spg_support(self.model, self.args))
             self._spg_run = SPGChainRun(self.model, self.args)
             self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
@@ -402,26 +471,20 @@ class SPGTrainer(Trainer):
         # see loss_divides_by_item_count, or compute_loss_func's) and then takes the loss as scaled for accumulation.
         # The base term comes back divided by the count, and each SPG term, a mean over this micro-batch, is weighted
         # by the micro-batch's share of the items, so the accumulated loss is that of one large batch (exactly for
-        # spg_normalize="batch"). Without a count every term is a micro-batch mean, which Trainer divides by the
-        # accumulation steps.
-        item_share = None if num_items_in_batch is None else self._micro_batch_items(inputs) / num_items_in_batch
-        labels = None
-        if (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs:
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-        outputs, base_correct, module_terms = run.forward(model, inputs, targets)
-        if labels is None:
-            base_loss = outputs["loss"]
-        elif self.compute_loss_func is not None:
-            base_loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
-        else:
-            base_loss = self.label_smoother(outputs, labels, num_items_in_batch=num_items_in_batch)
-
+        # spg_normalize="batch"); both are multiplied by the processes that share the count. Without a count every
+        # term is a micro-batch mean, which Trainer divides by the accumulation steps.
         weights = self.args.spg_weights
-        if item_share is not None:
+        if num_items_in_batch is not None:
+            item_share = self._micro_batch_items(inputs) / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                item_share = item_share * self._processes_sharing_item_count()
             weights = [weight * item_share for weight in weights]
+        # The base term is exactly Trainer's loss (label smoothing with its shift, compute_loss_func, ...).
+        with run.armed_call(model, inputs, targets) as chain_results:
+            base_loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        base_correct, module_terms, trajectories = run.terms(outputs, targets, chain_results)
         result = spg_loss(
             base_loss,
             base_correct,
@@ -429,12 +492,10 @@ class SPGTrainer(Trainer):
             weights,
             self.args.spg_normalize,
             self.args.spg_loss_normalization,
+            trajectories,
         )
         run.record(result, targets, base_correct)
-        loss = result.loss
-        if item_share is not None and self.args.average_tokens_across_devices:
-            loss = loss * self._processes_sharing_item_count()
-        return (loss, outputs) if return_outputs else loss
+        return (result.loss, outputs) if return_outputs else result.loss
 
     def _micro_batch_items(self, inputs: dict[str, Any]) -> torch.Tensor:
         """This micro-batch's part of Trainer's item count: its labels that are not -100, taken after the shift

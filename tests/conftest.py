@@ -53,6 +53,10 @@ TINY_CONFIGS = {
     "DebertaForSequenceClassification": (transformers.DebertaConfig, dict(TEXT, pooler_hidden_size=HIDDEN)),
     "DebertaV2ForSequenceClassification": (transformers.DebertaV2Config, dict(TEXT, pooler_hidden_size=HIDDEN)),
     "MPNetForSequenceClassification": (transformers.MPNetConfig, TEXT),
+    "FunnelForSequenceClassification": (
+        transformers.FunnelConfig,
+        dict(vocab_size=99, d_model=HIDDEN, n_head=2, d_head=16, d_inner=64, block_sizes=[1, 1], num_decoder_layers=1),
+    ),
     "ConvBertForSequenceClassification": (transformers.ConvBertConfig, dict(TEXT, embedding_size=HIDDEN)),
     "ModernBertForSequenceClassification": (transformers.ModernBertConfig, MODERNBERT),
     "DistilBertForSequenceClassification": (transformers.DistilBertConfig, DISTILBERT),
@@ -79,6 +83,22 @@ TINY_CONFIGS = {
     "GPT2LMHeadModel": (transformers.GPT2Config, GPT2),
     "LlamaForCausalLM": (transformers.LlamaConfig, DECODER),
     "Qwen2ForCausalLM": (transformers.Qwen2Config, DECODER),
+    # Their forward calls the decoder, not the base model: the head's input is captured at `lm_head`.
+    "OPTForCausalLM": (
+        transformers.OPTConfig,
+        dict(TEXT, **SPECIAL_TOKENS, ffn_dim=64, word_embed_proj_dim=16),
+    ),
+    "BartForCausalLM": (
+        transformers.BartConfig,
+        dict(
+            SPECIAL_TOKENS,
+            vocab_size=99,
+            d_model=HIDDEN,
+            decoder_layers=2,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+        ),
+    ),
     "Wav2Vec2ForSequenceClassification": (transformers.Wav2Vec2Config, AUDIO),
     "HubertForSequenceClassification": (transformers.HubertConfig, AUDIO),
     "WavLMForSequenceClassification": (transformers.WavLMConfig, AUDIO),

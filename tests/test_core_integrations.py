@@ -1,4 +1,6 @@
-"""SPGTrainer with Trainer features around it: bf16 autocast, hyperparameter search, torch.compile, cold start."""
+"""SPGTrainer with Trainer features around it: hyperparameter search, torch.compile, cold start.
+
+bf16 is tested in test_loss_fidelity.py."""
 
 from __future__ import annotations
 
@@ -51,42 +53,6 @@ def assert_chain_trained(watcher: ChainWatcher) -> None:
     assert set(watcher.final_chain) == {f"replicas.{t}.{p}" for t in range(3) for p in ("weight", "bias")}
     for name, tensor in watcher.final_chain.items():
         assert tensor.abs().max() > 0, f"{name} never left its zero initialisation"
-
-
-# ---- bf16 autocast ----
-
-
-class AutocastProbe(ChainWatcher):
-    """Records, for each call of the first chain module, whether CPU autocast to bf16 was active and the dtype its
-    linear map computes in. (Its output is float32 all the same: the residual adds the float32 LayerNorm output, as
-    in BERT's own layers.)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[bool, torch.dtype]] = []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model.spg_chain.replicas[0].register_forward_hook(self.record)
-
-    def record(self, module, args, output):
-        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        linear_dtype = torch.nn.functional.linear(args[0], module.weight, module.bias).dtype
-        self.calls.append((autocast, linear_dtype))
-
-
-def test_bf16_chain_runs_under_autocast(output_dir):
-    probe = AutocastProbe()
-    trainer = SPGTrainer(
-        model=tiny_bert(),
-        args=spg_args(output_dir, bf16=True, max_steps=3),
-        train_dataset=text_dataset(),
-        callbacks=[probe],
-    )
-    trainer.train()
-    assert probe.calls == [(True, torch.bfloat16)] * 3
-    logged = losses(trainer)
-    assert len(logged) == 3 and all(math.isfinite(loss) for loss in logged)
-    assert_chain_trained(probe)
 
 
 # ---- hyperparameter search ----

@@ -92,11 +92,7 @@ def auto_class(model: transformers.PreTrainedModel):
 def head_logits(model, family, inputs):
     """The model's own outputs and the family's head applied to the state it captures, in eval mode."""
     captured = []
-    if family.capture is None:
-        handle = model.base_model.register_forward_hook(lambda module, args, out: captured.append(out[0]))
-    else:
-        module = getattr(model, family.capture)
-        handle = module.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    handle = family.register_capture(model, captured.append)
     model.eval()
     with torch.no_grad():
         outputs = model(**inputs)
@@ -164,6 +160,46 @@ def test_unsupported_models_say_what_is_missing(output_dir, model):
     with pytest.raises(ValueError, match=f"SPG does not support {type(model).__name__}: .*(families|task class)"):
         SPGTrainer(model=model, args=training_args(output_dir))
     SPGTrainer(model=model, args=training_args(output_dir, spg_enabled=False))  # plain Trainer takes any model
+
+
+class FusedHeadLlama(transformers.LlamaForCausalLM):
+    """Computes its logits from `lm_head`'s weight without calling the module, as fused-loss heads do."""
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        hidden = self.model(input_ids=input_ids).last_hidden_state
+        return {"logits": torch.nn.functional.linear(hidden, self.lm_head.weight)}
+
+
+class ScaledLogitsBert(transformers.BertForSequenceClassification):
+    """Scales the classifier's logits after the head: the shared head alone does not give its prediction."""
+
+    def forward(self, input_ids=None, labels=None, **kwargs):
+        outputs = super().forward(input_ids=input_ids, labels=labels, **kwargs)
+        outputs.logits = outputs.logits * 2
+        return outputs
+
+
+@pytest.mark.parametrize(
+    "model_class, config_name, reason",
+    [
+        (FusedHeadLlama, "LlamaForCausalLM", "its forward never calls"),
+        (ScaledLogitsBert, "BertForSequenceClassification", "does not reproduce the model's logits"),
+    ],
+)
+def test_models_whose_forward_bypasses_the_family_head_are_refused_before_training(
+    output_dir, model_class, config_name, reason
+):
+    config_class, settings = TINY_CONFIGS[config_name]
+    model = model_class(config_class(**settings, num_labels=3))
+    dataset = train_dataset(build(config_name))
+    with pytest.raises(ValueError, match=f"SPG does not support {model_class.__name__} with head family .*{reason}"):
+        SPGTrainer(model=model, args=training_args(output_dir), train_dataset=dataset)
+    # Without a training set at construction, the check runs when training starts, before the first step.
+    trainer = SPGTrainer(model=model, args=training_args(output_dir))
+    trainer.train_dataset = dataset
+    with pytest.raises(ValueError, match=reason):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 # ---- the chain runs on the positions the head reads ----
