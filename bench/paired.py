@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.quality.stats import describe, paired_difference
+from spg_hf.compare import describe, paired_difference
 
 
 def run_paired(

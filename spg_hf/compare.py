@@ -151,7 +151,12 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Appends one line per row. A line cut short by a crash is ended first, so it cannot swallow the next row."""
+    if not rows:
+        return
+    cut_short = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
     with open(path, "a") as raw:
+        raw.write("\n" if cut_short else "")
         raw.writelines(json.dumps(row) + "\n" for row in rows)
 
 
@@ -342,7 +347,11 @@ def run_jobs(
     raw_path = out / RAW_FILE
     done = check_finished(jobs, load_rows(raw_path), row_key, raw_path)
     todo = [job for job in jobs if job not in done]
-    arms_tried = {job.arm for job in done}
+    # The first run of each arm without a finished run tells whether the arm's flags work.
+    arm_probes = {}
+    for job in todo:
+        if all(finished.arm != job.arm for finished in done):
+            arm_probes.setdefault(job.arm, job)
     # Each remaining run is estimated from finished runs of its kind, per cost unit (e.g. per epoch), those of
     # earlier starts included; a kind without finished runs from all finished runs.
     walls: dict[Hashable, list[float]] = {}
@@ -387,7 +396,7 @@ def run_jobs(
                 try:
                     row = finish(job, future.result())
                 except RunFailed as error:
-                    if job.arm not in arms_tried:
+                    if arm_probes.get(job.arm) == job:
                         raise CompareError(
                             f"the first run of arm {job.arm!r} failed; its flags or the command are likely wrong, "
                             f"so nothing else is run.\n{error}"
@@ -396,7 +405,6 @@ def run_jobs(
                     failures.append(str(error))
                 else:
                     append_rows(raw_path, [row])
-                    arms_tried.add(job.arm)
                     walls.setdefault(job.cost_kind, []).append(row["wall_s"] / job.cost_units)
                     print(
                         f"[{finished}/{len(todo)}] {job}: {headline(row)} in {duration(row['wall_s'])}; "

@@ -1,6 +1,7 @@
-"""bench/quality (python -m bench.quality): the paired statistics against hand-computed numbers, the report against
-the raw rows, plans of arms with their own recipes, and tiny end-to-end sweeps through the real run_glue_spg.py (RTE
-slice, random hidden-size-32 BERT): plain + SPG on one recipe, and arms of different recipes paired by seed."""
+"""bench/quality (python -m bench.quality), the GLUE sweeps on spg_hf.compare's run loop and statistics (tested
+against hand-computed numbers in test_compare.py): the report against the raw rows, plans of arms with their own
+recipes, and tiny end-to-end sweeps through the real run_glue_spg.py (RTE slice, random hidden-size-32 BERT):
+plain + SPG on one recipe, and arms of different recipes paired by seed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is not installed: the harness is imported from the checkout
 from bench.quality import cli, doc, plan, report, run  # noqa: E402
 from bench.quality import stats as harness_stats  # noqa: E402
+from spg_hf import compare  # noqa: E402
 
 GLUE_DIR = Path("/work/shared/data/glue")
 TINY_BERT = [
@@ -32,33 +34,6 @@ TINY_BERT = [
     "--max_eval_samples",
     "32",
 ]
-
-
-def test_paired_difference_matches_hand_computed_numbers():
-    # diffs 0.01, 0.02, 0.03, 0.06: mean 0.03, sample std sqrt(0.0014 / 3) = 0.0216025,
-    # t(0.975, df=3) = 3.182446, half width 3.182446 * 0.0216025 / 2 = 0.0343743.
-    result = harness_stats.paired_difference([0.60, 0.55, 0.70, 0.62], [0.59, 0.53, 0.67, 0.56])
-    assert result["n"] == 4
-    assert result["mean"] == pytest.approx(0.03)
-    assert result["std"] == pytest.approx(0.0216025, abs=1e-7)
-    assert result["ci_low"] == pytest.approx(0.03 - 0.0343743, abs=1e-7)
-    assert result["ci_high"] == pytest.approx(0.03 + 0.0343743, abs=1e-7)
-    assert (result["wins"], result["ties"], result["losses"]) == (4, 0, 0)
-
-    mixed = harness_stats.paired_difference([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
-    assert (mixed["wins"], mixed["ties"], mixed["losses"]) == (1, 1, 1)
-    assert mixed["mean"] == 0 and mixed["std"] == pytest.approx(1.0)
-
-    single = harness_stats.paired_difference([0.7], [0.5])
-    assert single["mean"] == pytest.approx(0.2)
-    assert math.isnan(single["std"]) and math.isnan(single["ci_low"]) and math.isnan(single["ci_high"])
-    with pytest.raises(ValueError, match="equal lengths"):
-        harness_stats.paired_difference([0.1, 0.2], [0.1])
-
-
-def test_describe_uses_sample_std():
-    result = harness_stats.describe([0.5, 0.7, 0.9])
-    assert result == {"n": 3, "mean": pytest.approx(0.7), "std": pytest.approx(0.2)}
 
 
 def _row(task, variant, seed, **metrics):
@@ -194,14 +169,14 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     for row in rows:
         assert row["main_metric"] == "eval_accuracy" and 0 <= row["main"] <= 1
         assert row["train_runtime"] > 0
-        assert row["device"] == run.device_name() and row["threads"] == 1
+        assert row["device"] == compare.device_name() and row["threads"] == 1
         assert float(row["flags"][row["flags"].index("--learning_rate") + 1]) == 5e-4
         assert row["flags"][row["flags"].index("--spg_enabled") + 1] == (
             "false" if row["variant"] == "plain" else "true"
         )
         # Weights, tokenizer and config copies are deleted; metrics, log history and the script's log stay.
         kept = {path.name for path in (out / row["output_dir"]).iterdir()}
-        assert kept <= run.KEPT_FILES and {"eval_results.json", "trainer_state.json", "run.log"} <= kept
+        assert kept <= compare.KEPT_FILES and {"eval_results.json", "trainer_state.json", "run.log"} <= kept
         assert json.loads((out / row["output_dir"] / "eval_results.json").read_text())["eval_accuracy"] == row["main"]
 
     # The written statistics are the ones computed here from the raw rows.
@@ -224,7 +199,7 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     spg_cell += f"[{100 * (diffs.mean() - half):+.2f}, {100 * (diffs.mean() + half):+.2f}] | {pair['wins']}/2"
     assert f"| plain | 2 | {plain_cell} |" in table
     assert f"| spg | 2 | {spg_cell}" in table
-    assert table.endswith(f"\n## Devices\n\nRuns per device: {run.device_name()}, 1 torch thread per run: 4.\n")
+    assert table.endswith(f"\n## Devices\n\nRuns per device: {compare.device_name()}, 1 torch thread per run: 4.\n")
     for name in ("main_metric.png", "survival_rte.png"):
         assert (out / name).stat().st_size > 5000
 
@@ -279,12 +254,12 @@ def test_eta_uses_the_wall_times_of_earlier_starts(tmp_path, monkeypatch, capsys
         "wall_s": 1800.0,
         "main_metric": "eval_accuracy",
     }
-    (tmp_path / plan.RAW_FILE).write_text(json.dumps(row | {"flags": settings.script_flags(runs[0])}) + "\n")
+    (tmp_path / compare.RAW_FILE).write_text(json.dumps(row | {"flags": settings.script_flags(runs[0])}) + "\n")
 
-    def execute(planned, *args):  # every new run takes 1 minute per epoch
-        return row | {"seed": planned.seed, "arm": planned.arm, "wall_s": 60.0 * planned.epochs, "main": 0.5}
+    def execute(job, *args):  # every new run takes 1 minute per epoch
+        return {"metrics": {"eval_accuracy": 0.5}, "wall_s": 60.0 * job.cost_units, "flags": list(job.flags)}
 
-    monkeypatch.setattr(run, "execute", execute)
+    monkeypatch.setattr(compare, "execute", execute)
     assert run.run_sweep(runs, settings, tmp_path, Path("unused"), threads=1, jobs=1, report=lambda: None) == 0
     lines = capsys.readouterr().out.splitlines()
     # Whole-set runs from seed 1's 10 min per epoch, the subset run from the only kind known (whole-set, 10 min).
@@ -292,7 +267,12 @@ def test_eta_uses_the_wall_times_of_earlier_starts(tmp_path, monkeypatch, capsys
     # After seed 2 (1 min per epoch): whole-set runs at (10 + 1) / 2 = 5.5 min per epoch, the subset at the mean
     # of all known runs, also 5.5: 6 x 5.5 + 2 x 5.5 = 44 minutes.
     (after_seed_2,) = [line for line in lines if line.startswith("[1/3]")]
-    assert after_seed_2.endswith("in 0h03m; ETA for the rest 0h44m")
+    progress = "accuracy 50.00 in 0h03m; 2 left, elapsed 0h00m, ETA for the rest 0h44m"
+    assert after_seed_2 == f"[1/3] rte plain seed 2: {progress}"
+    new_rows = compare.load_rows(tmp_path / compare.RAW_FILE)[1:]
+    assert [(row["arm"], row["seed"], row["main"]) for row in new_rows] == [
+        ("plain", 2, 0.5), ("plain", 3, 0.5), ("plain_500", 1, 0.5)
+    ]  # fmt: skip
 
 
 def test_arm_flags_equal_the_single_recipe_rows_and_add_the_subset():
@@ -302,7 +282,7 @@ def test_arm_flags_equal_the_single_recipe_rows_and_add_the_subset():
     # so bench/results/minilm's rows can stand for it.
     (recorded,) = [
         row
-        for row in plan.load_rows(REPO / "bench/results/minilm/raw.jsonl")
+        for row in compare.load_rows(REPO / "bench/results/minilm/raw.jsonl")
         if (row["task"], row["variant"], row["seed"]) == ("cola", "relu", 2)
     ]
     same = plan.Run(task="cola", arm="relu_5e-5", seed=2, variant="relu", lr=5e-5, epochs=3)
@@ -444,7 +424,7 @@ def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
     document.write_text(DOC)
     sweep = _write_sweep(tmp_path / "arms.yaml", _arms_sweep(out, doc=str(document), doc_prefix="r"))
     assert cli.main(["--sweep", str(sweep)]) == 0
-    rows = plan.load_rows(out / "raw.jsonl")
+    rows = compare.load_rows(out / "raw.jsonl")
     by = {(row["arm"], row["seed"]): row for row in rows}
     assert sorted(by) == [(arm, seed) for arm in ("long", "more_data", "short") for seed in (1, 2)]
     for (arm, seed), row in by.items():
@@ -500,7 +480,7 @@ def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
     copy = _write_sweep(tmp_path / "copy.yaml", _arms_sweep(copy_out, reuse_from=[str(out)]))
     assert cli.main(["--sweep", str(copy)]) == 0
     assert "6 planned runs: 6 already finished, 0 to run" in capsys.readouterr().out
-    adopted = plan.load_rows(copy_out / "raw.jsonl")
+    adopted = compare.load_rows(copy_out / "raw.jsonl")
     assert {row["reused_from"] for row in adopted} == {str(out)}
     for row in adopted:
         assert row["main"] == by[row["arm"], row["seed"]]["main"]

@@ -44,6 +44,7 @@ from bench.quality.plan import (
 )
 from bench.quality.report import write_report
 from bench.quality.run import adopt_rows, run_sweep
+from spg_hf.compare import CompareError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCRIPT = REPO_ROOT / "run_glue_spg.py"
@@ -230,5 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     adopted = adopt_rows(runs, settings, out, args.reuse_from)
     if adopted:
         print(f"{len(adopted)} runs of identical flags taken over from {', '.join(map(str, args.reuse_from))}.")
-    failures = run_sweep(runs, settings, out, args.script, args.threads, args.jobs, report)
+    try:
+        failures = run_sweep(runs, settings, out, args.script, args.threads, args.jobs, report)
+    except CompareError as error:
+        raise SystemExit(f"error: {error}") from None
     return 1 if failures else 0

@@ -8,15 +8,12 @@ recipe, and the one comparison pairs each with plain.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BASELINE = "plain"
-RAW_FILE = "raw.jsonl"
 
 # The first metric of each task is its main metric: paired differences and the plots use it.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -95,21 +92,6 @@ class Run:
 
     def __str__(self) -> str:
         return f"{self.task} {self.arm} seed {self.seed}"
-
-
-def load_rows(path: Path) -> list[dict]:
-    """The raw rows; a line cut short by a crash mid-write is skipped (that run simply runs again)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{number} is not valid JSON; ignoring it.", file=sys.stderr)
-    return rows
 
 
 def row_arm(row: Mapping[str, Any]) -> str:

@@ -15,7 +15,6 @@ from bench.quality.doc import Document, update_document
 from bench.quality.plan import (
     BASELINE,
     METRIC_NAMES,
-    RAW_FILE,
     TASK_METRICS,
     TASK_TITLES,
     VARIANTS,
@@ -23,10 +22,10 @@ from bench.quality.plan import (
     Run,
     describe_variant,
     legacy_comparison,
-    load_rows,
     row_arm,
 )
 from bench.quality.stats import recipe, summarize
+from spg_hf.compare import RAW_FILE, draw_per_seed, load_rows
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
@@ -135,20 +134,13 @@ def plot_main_metric(summary: Sequence[dict], rows: Sequence[dict], path: Path) 
     for axis, task in zip(axes[0], summary, strict=True):
         main = task["main_metric"]
         arms = list(task["methods"])
-        task_rows = [row for row in rows if row["task"] == task["task"] and row_arm(row) in arms]
-        for seed in sorted({row["seed"] for row in task_rows}):
-            by_arm = {row_arm(row): row["metrics"][main] for row in task_rows if row["seed"] == seed}
-            xs = [i for i, arm in enumerate(arms) if arm in by_arm]
-            ys = [100 * by_arm[arms[i]] for i in xs]
-            axis.plot(xs, ys, "-", color="0.8", zorder=1)
-            axis.scatter(xs, ys, s=22, zorder=2, label=f"seed {seed}")
+        by_seed: dict[int, dict[str, float]] = {}
+        for row in rows:
+            if row["task"] == task["task"] and row_arm(row) in arms:
+                by_seed.setdefault(row["seed"], {})[row_arm(row)] = 100 * row["metrics"][main]
         means = [100 * task["methods"][arm]["metrics"][main]["mean"] for arm in arms]
-        axis.hlines(means, np.arange(len(arms)) - 0.25, np.arange(len(arms)) + 0.25, color="k", zorder=3)
-        crowded = len(arms) > 3
-        axis.set_xticks(range(len(arms)), arms, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-        axis.set_xlim(-0.5, len(arms) - 0.5)
+        draw_per_seed(axis, arms, by_seed, means)
         axis.set_title(f"{TASK_TITLES[task['task']]} {METRIC_NAMES.get(main, main)}")
-        axis.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("main metric (points); bar = mean")
     axes[0][-1].legend(fontsize=7, loc="best")
     figure.tight_layout()

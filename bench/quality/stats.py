@@ -1,48 +1,13 @@
-"""Statistics of the raw rows: mean and sample std per arm, per-seed paired differences with a Student-t interval."""
+"""Statistics of the GLUE sweeps' raw rows: recipes read from the flags, and per task each arm's metrics and its
+paired difference to its baseline arm (spg_hf.compare's statistics)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from scipy import stats
-
 from bench.quality.plan import TASK_METRICS, row_arm
-
-
-def describe(values: Sequence[float]) -> dict[str, float]:
-    """n, mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
-    array = np.asarray(values, dtype=float)
-    n = len(array)
-    return {
-        "n": n,
-        "mean": float(array.mean()) if n else math.nan,
-        "std": float(array.std(ddof=1)) if n > 1 else math.nan,
-    }
-
-
-def paired_difference(treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict:
-    """Per-seed differences treatment - baseline: their mean, std, Student-t interval for the mean difference, and
-    how many seeds the treatment won, tied and lost. Both sequences are ordered by the same seeds."""
-    if len(treatment) != len(baseline):
-        raise ValueError(f"paired values need equal lengths, got {len(treatment)} and {len(baseline)}.")
-    diffs = np.asarray(treatment, dtype=float) - np.asarray(baseline, dtype=float)
-    summary = describe(diffs)
-    n = summary["n"]
-    if n > 1:
-        half_width = stats.t.ppf(0.5 + confidence / 2, df=n - 1) * summary["std"] / math.sqrt(n)
-    else:
-        half_width = math.nan
-    return summary | {
-        "ci_low": summary["mean"] - half_width,
-        "ci_high": summary["mean"] + half_width,
-        "confidence": confidence,
-        "wins": int((diffs > 0).sum()),
-        "ties": int((diffs == 0).sum()),
-        "losses": int((diffs < 0).sum()),
-    }
+from spg_hf.compare import describe, pair_by_seed
 
 
 def flag_value(row: dict, flag: str) -> str | None:
@@ -89,14 +54,11 @@ def summarize(rows: Sequence[dict], pairs: Sequence[tuple[str, str]], arms: Sequ
                 "metrics": {name: describe([row["metrics"][name] for row in arm_rows]) for name in metrics},
                 "train_runtime": describe([row["train_runtime"] for row in arm_rows]),
             }
+        main_by_seed = {arm: {row["seed"]: row["metrics"][main] for row in runs} for arm, runs in by_arm.items()}
         paired = {}
         for treatment, baseline in pairs:
-            reference = {row["seed"]: row["metrics"][main] for row in by_arm.get(baseline, [])}
-            common = [row for row in by_arm.get(treatment, []) if row["seed"] in reference]
-            if common:
-                paired[treatment] = {"baseline": baseline, "seeds": [row["seed"] for row in common]}
-                paired[treatment] |= paired_difference(
-                    [row["metrics"][main] for row in common], [reference[row["seed"]] for row in common]
-                )
+            pair = pair_by_seed(main_by_seed.get(treatment, {}), main_by_seed.get(baseline, {}))
+            if pair is not None:
+                paired[treatment] = {"baseline": baseline} | pair
         summary.append({"task": task, "main_metric": main, "methods": methods, "paired": paired})
     return summary
