@@ -36,6 +36,7 @@ TASK_SUFFIXES = {
     "ForCausalLM": "causal_lm",
     "LMHeadModel": "causal_lm",
 }
+NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
 IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
 # Tasks whose trajectories are positions (every labelled token), not examples.
 TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm")
@@ -63,6 +64,12 @@ class HeadFamily:
     capture: str | Callable[[nn.Module], nn.Module] | None = None
     # The head ends in a linear `classifier` on a pooled vector: the reference code's "pooled" attach point.
     offers_pooled: bool = False
+    # A head named with `spg_head` is the capture module itself: its output is the model's prediction, read where
+    # it is computed, and its objective and feature width were read from one example (`named_head_family`).
+    prediction_at_capture: bool = False
+    objective: str | None = None
+    feature_width: int | None = None
+    classes: int | None = None
 
     def pooled_form(self) -> HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
@@ -71,6 +78,10 @@ class HeadFamily:
     @property
     def token_level(self) -> bool:
         return self.task in TOKEN_LEVEL_TASKS
+
+    @property
+    def named(self) -> bool:
+        return self.name == NAMED_HEAD
 
     def capture_module(self, model: nn.Module) -> nn.Module:
         if self.capture is None:
@@ -85,11 +96,13 @@ class HeadFamily:
         module = self.capture_module(model)
         if self.capture is None:
             return module.register_forward_hook(lambda module, args, output: receive(output[0]))
-
-        def on_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            receive(args[0] if args else next(iter(kwargs.values())))
-
-        return module.register_forward_pre_hook(on_input, with_kwargs=True)
+        if self.prediction_at_capture:
+            return module.register_forward_hook(
+                lambda module, args, kwargs, output: receive(first_input(args, kwargs), output), with_kwargs=True
+            )
+        return module.register_forward_pre_hook(
+            lambda module, args, kwargs: receive(first_input(args, kwargs)), with_kwargs=True
+        )
 
     def select(self, model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """The positions of the captured state the head reads, kept as a length-1 sequence where the head indexes
@@ -107,9 +120,16 @@ class HeadFamily:
     def width(self, model: PreTrainedModel) -> int:
         """Feature width of the captured state: the in_features of the capturing module's first linear layer, or
         the model's hidden size for the base model's output."""
+        if self.feature_width is not None:
+            return self.feature_width
         if self.capture is None:
             return model.config.get_text_config().hidden_size
         return next(m for m in self.capture_module(model).modules() if isinstance(m, nn.Linear)).in_features
+
+
+def first_input(args: tuple, kwargs: dict) -> Any:
+    """A module call's first argument, positional or keyword."""
+    return args[0] if args else next(iter(kwargs.values()))
 
 
 def last_non_padding_position(model: PreTrainedModel, inputs: dict[str, Any], device: torch.device) -> Any:
@@ -456,7 +476,9 @@ def head_family_for(model: nn.Module) -> HeadFamily:
     if task is None:
         raise ValueError(
             f"SPG does not support {name}: it is not a task class SPG knows (class names ending in "
-            f"{', '.join(TASK_SUFFIXES)}). Set spg_enabled=False to train it as with Trainer."
+            f"{', '.join(TASK_SUFFIXES)}). Name its head with spg_head='<path of the module whose output is the "
+            "prediction>' (e.g. 'fc', 'classifier', 'heads.head'), or set spg_enabled=False to train it as with "
+            "Trainer."
         )
     for family in FAMILIES:
         if family.task == task and family.matches(model):
@@ -464,7 +486,8 @@ def head_family_for(model: nn.Module) -> HeadFamily:
     rules = "; ".join(f"{family.name}: {family.rule}" for family in FAMILIES if family.task == task)
     raise ValueError(
         f"SPG does not support {name}: its head matches none of the {task.replace('_', ' ')} head families ({rules})."
-        " Add a HeadFamily to spg_hf.heads.FAMILIES, or set spg_enabled=False."
+        " Name its head with spg_head='<module path>', add a HeadFamily to spg_hf.heads.FAMILIES, or set "
+        "spg_enabled=False."
     )
 
 
@@ -525,3 +548,84 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
             refusal + "the family's head on the captured state does not reproduce the model's logits, so its forward "
             "computes the prediction another way. Set spg_enabled=False to train it as with Trainer."
         )
+
+
+def _prediction_kind(prediction: torch.Tensor, labels: Any) -> tuple[str, str] | None:
+    """(task, objective) of a head's output read as the model's loss would read it against the labels, or None
+    where the shapes do not tell."""
+    if not isinstance(labels, torch.Tensor):
+        return None
+    integer_labels = not labels.is_floating_point()
+    if prediction.dim() == 3 and labels.shape == prediction.shape[:2] and integer_labels:
+        return "token_classification", "classification"
+    if prediction.dim() == 2 and labels.dim() == 1 and len(labels) == len(prediction):
+        if integer_labels and prediction.shape[1] > 1:
+            return "sequence_classification", "classification"
+        if not integer_labels and prediction.shape[1] == 1:
+            return "sequence_classification", "regression"
+    if prediction.dim() == 2 and labels.shape == prediction.shape and not integer_labels:
+        return "sequence_classification", "multi_label"
+    if prediction.dim() == 1 and labels.shape == prediction.shape and not integer_labels:
+        return "sequence_classification", "regression"
+    return None
+
+
+def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> HeadFamily:
+    """The family of the head `spg_head` names: the module at `path` is the shared head, the chain runs on its
+    input, its output is the prediction. One forward on `batch` (eval mode, no gradient) reads what the trajectories
+    are from its output and the labels: one class per example, regression, multi-label, or one class per position.
+    A ValueError names `spg_head` and what to pass where the path names no module, the module never runs in the
+    forward, or its output cannot be read as a prediction."""
+    name = type(model).__name__
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        children = ", ".join(child for child, _ in model.named_children())
+        raise ValueError(
+            f"spg_head={path!r} names no module of {name} (its top-level modules: {children}). Pass the dotted path "
+            "of the module whose output is the prediction, as model.get_submodule takes it."
+        ) from None
+    calls: list[tuple[Any, Any]] = []
+    handle = module.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((first_input(args, kwargs), output)), with_kwargs=True
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not calls:
+        raise ValueError(
+            f"spg_head={path!r}: {name}'s forward never calls that module ({type(module).__name__}) on a training "
+            "example. Name the module whose output is the model's prediction."
+        )
+    state, prediction = calls[0]
+    labels = batch.get("labels")
+    kind = _prediction_kind(prediction, labels) if isinstance(prediction, torch.Tensor) else None
+    if kind is None:
+        shape = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
+        label_shape = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else repr(labels)
+        raise ValueError(
+            f"spg_head={path!r}: its output ({shape}) cannot be read as a prediction of the labels ({label_shape}). "
+            "SPG reads [batch, classes] logits with integer labels [batch] (one class per example), [batch, 1] "
+            "with float labels (regression), [batch, classes] with float 0/1 labels [batch, classes] (multi-label) "
+            "or [batch, length, classes] with integer labels [batch, length] (one class per position, -100 "
+            "ignored). Name the module that outputs the logits the model's loss reads."
+        )
+    task, objective = kind
+    return HeadFamily(
+        NAMED_HEAD,
+        task,
+        f"`{path}`, named by spg_head",
+        lambda model: True,
+        lambda model, state, inputs: model.get_submodule(path)(state),
+        READS_LABELLED if task in TOKEN_LEVEL_TASKS else READS_ALL,
+        capture=path,
+        prediction_at_capture=True,
+        objective=objective,
+        feature_width=state.shape[-1],
+        classes=prediction.shape[-1],
+    )

@@ -71,11 +71,17 @@ def per_example_terms(
     """Per-example loss CE_t(i) and correctness c_t(i) of one prediction, in float32.
 
     objective: "classification" (argmax == label), "regression" (|prediction - label| <= tolerance, squared error
-    as the loss) or "question_answering" (start and end argmax both right, mean of start and end cross-entropy).
+    as the loss), "multi_label" (every label right, sigmoid > 0.5 against the 0/1 label; the mean binary
+    cross-entropy over the labels, as the model's own loss takes it) or "question_answering" (start and end argmax
+    both right, mean of start and end cross-entropy).
     """
     if objective == "classification":
         logits = logits.float()
         return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+    if objective == "multi_label":
+        logits, targets = logits.float(), targets.float()
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
+        return losses, ((logits > 0) == (targets > 0.5)).all(-1)
     if objective == "regression":
         predictions = logits.float().view(-1)
         error = predictions - targets.float().view(-1)

@@ -40,6 +40,14 @@ class SPGTrainingArguments(TrainingArguments):
             "default": DEFAULT_SPG_DROPOUT,
         },
     )
+    spg_head: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dotted path of the module that is the model's head (e.g. 'fc', 'classifier', 'heads.head'): the "
+            "chain runs on its input and its output is the prediction. Needed for models that are not HF task "
+            "classes (your own nn.Module, torchvision and timm networks); overrides the head family of an HF model."
+        },
+    )
     spg_attach: str = field(
         default="tokens",
         metadata={

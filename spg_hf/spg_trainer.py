@@ -43,7 +43,14 @@ from transformers.utils import logging
 
 from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
-from spg_hf.heads import IGNORE_INDEX, HeadFamily, head_family_for, token_targets, verify_head
+from spg_hf.heads import (
+    IGNORE_INDEX,
+    HeadFamily,
+    head_family_for,
+    named_head_family,
+    token_targets,
+    verify_head,
+)
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, spg_loss, token_level_terms
 from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
@@ -63,42 +70,60 @@ ONE_LABEL_SURVIVORS = 0.98
 ONE_LABEL_FROM_PROGRESS = 0.75
 
 
-def spg_objective(model: PreTrainedModel, family: HeadFamily) -> str:
-    """'classification', 'regression' or 'question_answering' for this model, as its own loss would decide."""
+def spg_objective(model: nn.Module, family: HeadFamily) -> str:
+    """'classification', 'regression', 'multi_label' or 'question_answering' for this model, as its own loss would
+    decide (a model whose config leaves problem_type unset sets it in its first forward with labels)."""
+    if family.objective is not None:
+        return family.objective
     if family.task == "question_answering":
         return "question_answering"
-    if family.token_level:
-        return "classification"  # of every labelled position
+    if family.token_level or family.task == "multiple_choice":
+        return "classification"  # of every labelled position, or among the choices
     problem_type = model.config.problem_type
     if problem_type == "regression" or (problem_type is None and model.config.num_labels == 1):
         return "regression"
     if problem_type in (None, "single_label_classification"):
         return "classification"
-    raise ValueError(f"SPG supports single-label classification and regression, not problem_type={problem_type!r}.")
+    if problem_type == "multi_label_classification":
+        return "multi_label"
+    raise ValueError(f"SPG does not know problem_type={problem_type!r}.")
 
 
-def check_spg_support(model: PreTrainedModel, args: SPGTrainingArguments) -> HeadFamily:
-    """The model's shared-head family in the form `spg_attach` asks for, or a ValueError naming what is unsupported."""
+def check_spg_support(
+    model: nn.Module, args: SPGTrainingArguments, batch: dict[str, Any] | None = None
+) -> HeadFamily | None:
+    """The model's shared-head family in the form `spg_attach` asks for, checked on the one-example `batch` where
+    there is one (`verify_head`), or a ValueError naming what is unsupported. A head named with `spg_head` is read
+    from that batch: without one it is None until training starts."""
+    if args.spg_head:
+        if args.spg_attach == "pooled":
+            raise ValueError(
+                "spg_attach='pooled' is the reference code's attach point for HF heads; with spg_head "
+                "the chain runs on the named module's input. Leave spg_attach at 'tokens'."
+            )
+        return None if batch is None else named_head_family(model, args.spg_head, batch)
     family = head_family_for(model)
-    spg_objective(model, family)
     if args.spg_attach == "pooled":
         if not family.offers_pooled:
             raise ValueError(
                 f"spg_attach='pooled' needs a head that ends in a linear classifier on a pooled vector; "
                 f"{type(model).__name__}'s head ({family.name}: {family.rule}) does not. Use spg_attach='tokens'."
             )
-        return family.pooled_form()
+        family = family.pooled_form()
+    if batch is not None:
+        verify_head(model, family, batch)
+    spg_objective(model, family)
     return family
 
 
 class SPGChainRun:
     """The chain attached to one model for one `train()` call: hooks, targets, and the statistics to log."""
 
-    def __init__(self, model: PreTrainedModel, args: SPGTrainingArguments) -> None:
+    def __init__(self, model: nn.Module, args: SPGTrainingArguments, family: HeadFamily) -> None:
         self.model = model
         self.args = args
-        self.family = check_spg_support(model, args)
-        self.objective = spg_objective(model, self.family)
+        self.family = family
+        self.objective = spg_objective(model, family)
         # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
         # a float32 chain as it casts the model's own layers.
         reference = next(p for p in model.parameters() if p.is_floating_point())
@@ -106,7 +131,9 @@ class SPGChainRun:
         self.chain.to(device=reference.device, dtype=reference.dtype)
         model.add_module(CHAIN_ATTRIBUTE, self.chain)
 
-        self.saved_ignore_keys = model._keys_to_ignore_on_save
+        # save_pretrained leaves these out of every folder, a user's own call included; a plain nn.Module's are
+        # filtered by SPGTrainer._save.
+        self.saved_ignore_keys = getattr(model, "_keys_to_ignore_on_save", None)
         self.chain_keys = {f"{CHAIN_ATTRIBUTE}.{name}" for name in self.chain.state_dict()}
         model._keys_to_ignore_on_save = set(self.saved_ignore_keys or ()) | self.chain_keys
 
@@ -115,6 +142,7 @@ class SPGChainRun:
         self.targets: Any = None
         self.captured: torch.Tensor | None = None
         self.captured_autocast: torch.autocast | None = None
+        self.head_prediction: torch.Tensor | None = None
         self.chain_result: Any = None
         self.handles = [
             self.family.register_capture(model, self._run_chain),
@@ -130,11 +158,17 @@ class SPGChainRun:
 
     # ---- running the chain inside the model's forward ----
 
-    def _run_chain(self, captured: torch.Tensor) -> None:
+    def _run_chain(self, captured: torch.Tensor, head_prediction: torch.Tensor | None = None) -> None:
+        """Runs at the capture; `head_prediction` is the head's output where the capture module is the head itself
+        (a head named with spg_head)."""
         if not self.armed:
             return
         # Disarm first: the shared head may contain the hooked module itself.
         self.armed = False
+        self.head_prediction = head_prediction
+        if self.family.token_level and head_prediction is not None:
+            self.chain_result = self._token_level_terms(captured, head_prediction)
+            return
         if self.family.token_level:
             # Token-level chains run only where the model's own prediction was right: known after its head ran, in
             # the model-level hook, which runs after accelerate's autocast has closed: it reopens the autocast state
@@ -210,7 +244,10 @@ class SPGChainRun:
             base_correct, module_terms = chain_results[0]
             return base_correct, module_terms, None
         tolerance = self.args.spg_regression_tolerance
-        _, base_correct = per_example_terms(self.objective, self.base_logits(outputs), targets, tolerance)
+        prediction, self.head_prediction = self.head_prediction, None
+        if prediction is None:
+            prediction = self.base_logits(outputs)
+        _, base_correct = per_example_terms(self.objective, prediction, targets, tolerance)
         module_terms = [per_example_terms(self.objective, logits, targets, tolerance) for logits in chain_results[0]]
         # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
         trajectories = targets != IGNORE_INDEX if self.objective == "classification" else None
@@ -237,6 +274,10 @@ class SPGChainRun:
         """Whether each example has one class label, so the labels of the module-1 survivors can be counted."""
         return self.objective == "classification" and not self.family.token_level
 
+    @property
+    def num_labels(self) -> int:
+        return self.family.classes or self.model.config.num_labels
+
     def reset_statistics(self) -> None:
         self.survival_sum: torch.Tensor | float = 0.0
         self.module_loss_sum: torch.Tensor | float = 0.0
@@ -249,7 +290,7 @@ class SPGChainRun:
         if self.counts_survivor_labels:
             # index_add_ rather than bincount of targets[base_correct]: masking and bincount wait for the GPU every
             # training step, to size their outputs.
-            counts = torch.zeros(self.model.config.num_labels, dtype=torch.long, device=base_correct.device)
+            counts = torch.zeros(self.num_labels, dtype=torch.long, device=base_correct.device)
             # Ignored examples (-100) are never correct: clamped to a label, they add nothing.
             counts.index_add_(0, targets.to(base_correct.device).clamp(min=0), base_correct.long())
             self.survivor_label_counts = self.survivor_label_counts + counts
@@ -369,23 +410,28 @@ class SPGTrainer(Trainer):
             unwrap_peft_model(self.accelerator.unwrap_model(self.model))
         ):
             self.model_accepts_loss_kwargs = False
-        self._verified_head: tuple[nn.Module, HeadFamily] | None = None
+        self._resolved_head: tuple[tuple, HeadFamily] | None = None
         if self.args.spg_enabled:
-            family = check_spg_support(self.model, self.args)
-            self._check_spg_loss_settings(spg_objective(self.model, family))
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             if self.model is not None:
-                self._verify_head(family)
+                family = self._head_family()
+                if family is not None:
+                    self._check_spg_loss_settings(spg_objective(self.model, family))
 
-    def _verify_head(self, family: HeadFamily) -> None:
-        """`verify_head` on one training example, once per model and family. Skipped without a training set (it
-        runs when training starts) and under DeepSpeed, whose ZeRO-3 weights are partitioned until it wraps the
-        model."""
-        if self.train_dataset is None or self.is_deepspeed_enabled or self._verified_head == (self.model, family):
-            return
-        verify_head(self.model, family, self._one_example_batch())
-        self._verified_head = (self.model, family)
+    def _head_family(self) -> HeadFamily | None:
+        """The model's head family (`check_spg_support`), checked on the first training example, once per model and
+        head setting. Without a training set it is checked when training starts, and under DeepSpeed not at all:
+        ZeRO-3 weights are partitioned until DeepSpeed wraps the model. None: a head named with spg_head, which is
+        read from that example, while there is none."""
+        key = (self.model, self.args.spg_head, self.args.spg_attach)
+        if self._resolved_head is not None and self._resolved_head[0] == key:
+            return self._resolved_head[1]
+        example = self.train_dataset is not None and not self.is_deepspeed_enabled
+        family = check_spg_support(self.model, self.args, self._one_example_batch() if example else None)
+        if example:
+            self._resolved_head = (key, family)
+        return family
 
     def _one_example_batch(self) -> dict[str, Any]:
         """The first training example as Trainer would feed it (unused columns removed, collated, on the model's
@@ -428,8 +474,13 @@ class SPGTrainer(Trainer):
             validate_spg_settings(self.args)
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
-            self._verify_head(check_spg_support(self.model, self.args))
-            self._spg_run = SPGChainRun(self.model, self.args)
+            family = self._head_family()
+            if family is None:
+                raise ValueError(
+                    f"spg_head={self.args.spg_head!r}: SPG reads what the named head predicts from one training "
+                    "example before training, which DeepSpeed's partitioned weights cannot run."
+                )
+            self._spg_run = SPGChainRun(self.model, self.args, family)
             self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
             # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
@@ -542,7 +593,8 @@ class SPGTrainer(Trainer):
             and not self._warned_one_label
         ):
             self._warned_one_label = True
-            name = self.model.config.id2label.get(label, label)
+            config = getattr(self.model, "config", None)
+            name = config.id2label.get(label, label) if config is not None else label
             logger.warning(
                 f"SPG: at step {self.state.global_step} of {self.state.max_steps}, {top_share:.1%} of the examples "
                 f"reaching module 1 have the label {name!r}: the model predicts one class, and the module terms add "
@@ -577,6 +629,14 @@ class SPGTrainer(Trainer):
             )
             self._start_checkpoint(folder)
         super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Trainer saves a model that is not a PreTrainedModel as its whole state dict, which holds the chain while it
+        # is attached: leave it out, as save_pretrained does for PreTrainedModels.
+        if self._spg_run is not None and not isinstance(self._spg_run.model, PreTrainedModel):
+            state_dict = self.model.state_dict() if state_dict is None else state_dict
+            state_dict = {name: tensor for name, tensor in state_dict.items() if name not in self._spg_run.chain_keys}
+        super()._save(output_dir, state_dict)
 
     def _start_checkpoint(self, folder: str) -> None:
         # Trainer writes trainer_state.json last and deletes older checkpoints after it, so that file marks a complete

@@ -350,7 +350,7 @@ def test_survival_and_module_losses_are_logged(output_dir):
 
 def test_survivor_labels_share_is_counted_from_the_recorded_batches(output_dir):
     trainer = SPGTrainer(model=tiny_bert(num_labels=3), args=training_args(output_dir))
-    run = trainer._spg_run = SPGChainRun(trainer.model, trainer.args)
+    run = trainer._spg_run = SPGChainRun(trainer.model, trainer.args, trainer._head_family())
     result = SPGLoss(torch.tensor(1.0), survival=torch.zeros(3), module_losses=torch.zeros(3))
     # Survivors of the two batches: labels 0, 1, 1 and 1, 2: label 1 holds 3 of 5.
     run.record(result, torch.tensor([0, 1, 1, 2]), torch.tensor([True, True, True, False]))
