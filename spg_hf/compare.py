@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -39,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ def append_rows(path: Path, rows: Sequence[dict]) -> None:
 # ---- running ----
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Job:
     """One run to make: `command` (without --output_dir) trains into `folder` and logs to `log`, both relative to
     the results folder. `key` is what its row is found by; `flags` what defines the experiment (a row of the same
@@ -428,7 +428,7 @@ def run_jobs(
 # ---- the comparison: arms of one command, paired by seed ----
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Comparison:
     """One command run under named arms (flag overrides, in order) for each seed, paired against `baseline`."""
 
@@ -552,6 +552,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
     main = summary["main_metric"]
     section = summary["metrics"][main]
     baseline = summary["baseline"]
+    if len(section["arms"]) < 2:
+        return f"no verdict: only {', '.join(section['arms'])} has runs, nothing to pair it with."
     if not section["paired"]:
         return f"no verdict yet: no seed has both {baseline} and another arm finished."
     parts = []
@@ -792,7 +794,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison]:
         saved = args.out / COMPARISON_FILE
         if not saved.is_file():
             parser.error(f"--report-only: {saved} not found (no comparison was run into {args.out}).")
-        return args, Comparison.from_json(json.loads(saved.read_text()))
+        comparison = Comparison.from_json(json.loads(saved.read_text()))
+        # The report can pair other metrics of the same rows.
+        chosen = {"metric": args.metric or comparison.metric, "also": tuple(args.also) or comparison.also}
+        return args, dataclasses.replace(comparison, **chosen)
     if not command:
         parser.error("give the training command after `--`, e.g. -- python run_glue_spg.py config.yaml")
     arms = dict(args.arms or DEFAULT_ARMS.items())

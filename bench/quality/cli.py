@@ -9,6 +9,7 @@
     python -m bench.quality --out bench/results/minilm --report-only --baseline spg  # variants vs the paper form
     python -m bench.quality --sweep bench/quality_sweeps/when_spg_pays.yaml  # arms with their own recipes
     python -m bench.quality --sweep bench/quality_sweeps/when_spg_pays.yaml --report-only  # + its doc's tables
+    python -m bench.quality --sweep bench/quality_sweeps/when_spg_pays.yaml --report-only --paired-metric eval_loss
 
 Run from the repository root. Flags after `--` go to run_glue_spg.py unchanged. A sweep file may define `arms`
 (a variant with its own lr, epochs, train_samples and extra flags, each a number or a {task: number} mapping),
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--doc-prefix", dest="doc_prefix", help="the marker prefix of --doc")
     parser.add_argument(
+        "--paired-metric",
+        dest="paired_metric",
+        help="with --report-only of a sweep with comparisons: pair on this metric of the rows (e.g. eval_loss) "
+        "instead of the main one, into table_<metric>.md and summary_<metric>.json only",
+    )
+    parser.add_argument(
         "--baseline",
         choices=list(VARIANTS),
         default=BASELINE,
@@ -131,7 +138,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Run], list
         runs = plan_runs(stages, arms)
     except PlanError as error:
         parser.error(f"{args.sweep or 'options'}: {error}")
-    args.document = _document(parser, args, comparisons)
+    if args.paired_metric is not None and not (args.report_only and comparisons):
+        parser.error("--paired-metric applies to --report-only of a sweep with comparisons.")
+    args.document = None if args.paired_metric else _document(parser, args, comparisons)
     if args.report_only:
         return args, runs, comparisons, tuple(extra)
     if not args.script.is_file():
@@ -215,7 +224,7 @@ def _task_key(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args, runs, comparisons, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out
-    report = functools.partial(write_report, out, runs, comparisons, args.baseline, args.document)
+    report = functools.partial(write_report, out, runs, comparisons, args.baseline, args.document, args.paired_metric)
     if args.report_only:
         report()
         return 0

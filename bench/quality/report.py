@@ -25,7 +25,7 @@ from bench.quality.plan import (
     row_arm,
 )
 from bench.quality.stats import recipe, summarize
-from spg_hf.compare import RAW_FILE, draw_per_seed, load_rows
+from spg_hf.compare import RAW_FILE, draw_per_seed, higher_is_better, load_rows
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
@@ -92,7 +92,7 @@ def render_comparison(summary: Sequence[dict]) -> str:
     each treatment's paired difference to its baseline arm."""
     lines = []
     for task in summary:
-        metric_names = TASK_METRICS[task["task"]]
+        metric_names = list(next(iter(task["methods"].values()))["metrics"])
         main_name = METRIC_NAMES.get(task["main_metric"], task["main_metric"])
         header = ["arm", "variant", "epochs", "lr", "examples", "seeds"]
         header += [METRIC_NAMES.get(m, m) for m in metric_names]
@@ -301,6 +301,7 @@ def write_report(
     comparisons: Sequence[Comparison] = (),
     baseline: str = BASELINE,
     document: Document | None = None,
+    paired_metric: str | None = None,
 ) -> list[dict]:
     """Writes the report of the raw rows in `out`: missing.md when the plan is known; then, with comparisons,
     table.md and summary.json with a section per comparison, main_metric_<name>.png, versus_<name>.png (for a
@@ -308,7 +309,8 @@ def write_report(
     (a single-recipe sweep), the older report: table.md, summary.json, main_metric.png, each method against
     plain, or only table_vs_<baseline>.md and summary_vs_<baseline>.json against another baseline. Survival
     plots per task in both cases. With a `document` (comparisons only), each comparison's tables and the missing
-    runs are also copied between the document's markers."""
+    runs are also copied between the document's markers. With a `paired_metric` (comparisons only), only
+    table_<metric>.md and summary_<metric>.json, the same comparisons paired on that metric (e.g. eval_loss)."""
     rows = load_rows(out / RAW_FILE)
     missing = render_missing(planned, rows)
     if planned:
@@ -317,6 +319,23 @@ def write_report(
         print(f"No finished runs in {out / RAW_FILE}; no report written.", flush=True)
         return []
     devices = "\n## Devices\n\n" + render_devices(rows)
+    if paired_metric is not None:
+        sections = [
+            (comparison, summarize(rows, comparison.pairs, comparison.arms, paired_metric))
+            for comparison in comparisons
+        ]
+        sections = [(comparison, summary) for comparison, summary in sections if summary]
+        summary = [{"comparison": c.name, "title": c.title, "tasks": s} for c, s in sections]
+        (out / f"summary_{paired_metric}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        better = "higher" if higher_is_better(paired_metric) else "lower"
+        note = (
+            f"Paired on {paired_metric}, not on the main metric: diff and interval are of {paired_metric}, won counts "
+            f"seeds where the arm's {paired_metric} was {better} than its baseline's. Shown x100 like the other "
+            "metrics.\n\n"
+        )
+        (out / f"table_{paired_metric}.md").write_text(note + render_comparisons(sections) + devices)
+        print(f"Report written to {out}/table_{paired_metric}.md (+ summary_{paired_metric}.json).", flush=True)
+        return summary
     if comparisons:
         sections = [(comparison, summarize(rows, comparison.pairs, comparison.arms)) for comparison in comparisons]
         if document is not None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.quality.plan import TASK_METRICS, row_arm
-from spg_hf.compare import describe, pair_by_seed
+from spg_hf.compare import describe, higher_is_better, pair_by_seed
 
 
 def flag_value(row: dict, flag: str) -> str | None:
@@ -29,17 +29,20 @@ def recipe(row: dict) -> dict[str, Any]:
     }
 
 
-def summarize(rows: Sequence[dict], pairs: Sequence[tuple[str, str]], arms: Sequence[str]) -> list[dict]:
+def summarize(
+    rows: Sequence[dict], pairs: Sequence[tuple[str, str]], arms: Sequence[str], paired_metric: str | None = None
+) -> list[dict]:
     """Per task (in first-seen order): each arm's recipe and metrics (mean, std over seeds) and mean train time, in
     the order of `arms` (arms without rows are left out), and for each (treatment, baseline) pair the paired
-    difference on the main metric over the seeds both have."""
+    difference on the main metric (or on `paired_metric`, e.g. eval_loss, added to the metrics) over the seeds
+    both have."""
     summary = []
     for task in dict.fromkeys(row["task"] for row in rows):
         task_rows = [row for row in rows if row["task"] == task and row_arm(row) in arms]
         if not task_rows:
             continue
-        metrics = TASK_METRICS[task]
-        main = metrics[0]
+        main = paired_metric or TASK_METRICS[task][0]
+        metrics = list(dict.fromkeys((*TASK_METRICS[task], main)))
         present = {row_arm(row) for row in task_rows}
         by_arm = {
             arm: sorted((row for row in task_rows if row_arm(row) == arm), key=lambda row: row["seed"])
@@ -57,7 +60,7 @@ def summarize(rows: Sequence[dict], pairs: Sequence[tuple[str, str]], arms: Sequ
         main_by_seed = {arm: {row["seed"]: row["metrics"][main] for row in runs} for arm, runs in by_arm.items()}
         paired = {}
         for treatment, baseline in pairs:
-            pair = pair_by_seed(main_by_seed.get(treatment, {}), main_by_seed.get(baseline, {}))
+            pair = pair_by_seed(main_by_seed.get(treatment, {}), main_by_seed.get(baseline, {}), higher_is_better(main))
             if pair is not None:
                 paired[treatment] = {"baseline": baseline} | pair
         summary.append({"task": task, "main_metric": main, "methods": methods, "paired": paired})
