@@ -779,14 +779,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison]:
+def split_at_double_dash(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the options, what follows the first `--`: a command or flags passed on unchanged)."""
     argv = list(argv)
-    command: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, command = argv[:split], argv[split + 1 :]
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1 :]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison]:
+    options, command = split_at_double_dash(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(options)
     for name in ("seeds", "jobs", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")

@@ -151,6 +151,27 @@ def test_paired_table_and_verdict_match_hand_computed_numbers(stub, tmp_path, ca
     (out / "report.md").unlink()
     assert compare.main(["--out", str(out), "--report-only"]) == 0
     assert (out / "report.md").read_text() == report
+    # ... and can pair another metric of the same rows.
+    assert compare.main(["--out", str(out), "--report-only", "--metric", "loss"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["main_metric"] == "eval_loss"
+    assert summary["verdict"].startswith("spg level with plain: eval_loss -0.03, 95% interval [-0.09572, +0.03572]")
+
+
+def test_verdict_words():
+    def summary(low: float, high: float, higher_is_better: bool = True, n: int = 3) -> dict:
+        pair = {"n": n, "mean": (low + high) / 2, "ci_low": low, "ci_high": high, "wins": 2}
+        section = {"higher_is_better": higher_is_better, "arms": {"plain": {}, "spg": {}}, "paired": {"spg": pair}}
+        return {"main_metric": "eval_f1", "baseline": "plain", "metrics": {"eval_f1": section}}
+
+    assert compare.verdict(summary(0.01, 0.03)).startswith("spg ahead of plain: eval_f1 +0.02, 95% interval [+0.01,")
+    assert compare.verdict(summary(-0.03, -0.01)).startswith("spg behind plain")
+    assert compare.verdict(summary(-0.03, -0.01, higher_is_better=False)).startswith("spg ahead of plain")
+    assert compare.verdict(summary(-0.03, 0.01)).startswith("spg level with plain")
+    assert compare.verdict(summary(math.nan, math.nan, n=1)).startswith("spg undecided (1 paired seed)")
+    single = summary(0, 0)
+    single["metrics"]["eval_f1"] |= {"arms": {"plain": {}}, "paired": {}}
+    assert compare.verdict(single) == "no verdict: only plain has runs, nothing to pair it with."
 
 
 def test_resumes_after_an_interruption_and_redoes_the_cut_off_run(stub, tmp_path, monkeypatch):
@@ -222,7 +243,10 @@ def test_bad_input_stops_after_at_most_one_run(stub, tmp_path, monkeypatch, opti
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit, match=message) as error:
         compare.main(["--out", str(tmp_path / "report"), "--jobs", "2", *options, "--", *stub])
-    assert len(calls(tmp_path)) == runs  # the rejected flag: the baseline's first run, then the odd arm's
+    # The rejected flag: the baseline's first run finished; the odd arm's was refused by the stub's parser (before it
+    # logs a call), and plain seed 2, started beside it, may have been started and was then ended.
+    assert len(calls(tmp_path)) in range(1, runs + 1)
+    assert len(compare.load_rows(tmp_path / "report" / compare.RAW_FILE)) == runs - 1
     if "odd" in message:
         assert "unrecognized arguments: --spg_enabledd" in str(error.value)
 

@@ -487,6 +487,21 @@ def test_arms_of_different_recipes_pair_by_seed_end_to_end(tmp_path, capsys):
         assert (copy_out / row["output_dir"]).resolve() == (out / by[row["arm"], row["seed"]]["output_dir"]).resolve()
     assert json.loads((copy_out / "summary.json").read_text()) == list(summary.values())
 
+    # The same comparisons paired on the eval loss (lower is better), into their own files; the document stays.
+    quoted = document.read_text()
+    assert cli.main(["--sweep", str(sweep), "--report-only", "--paired-metric", "eval_loss"]) == 0
+    (loss_task,) = json.loads((out / "summary_eval_loss.json").read_text())[0]["tasks"]
+    loss = {key: row["metrics"]["eval_loss"] for key, row in by.items()}
+    loss_diffs = [loss["long", seed] - loss["short", seed] for seed in (1, 2)]
+    loss_pair = loss_task["paired"]["long"]
+    assert loss_task["main_metric"] == "eval_loss" and loss_pair["mean"] == pytest.approx(np.mean(loss_diffs))
+    assert loss_pair["wins"] == sum(diff < 0 for diff in loss_diffs)
+    assert (out / "table_eval_loss.md").read_text().startswith("Paired on eval_loss, not on the main metric")
+    assert document.read_text() == quoted
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--sweep", str(sweep), "--paired-metric", "eval_loss"])
+    assert "--paired-metric applies to --report-only of a sweep with comparisons" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("sweep", sorted((REPO / "bench" / "quality_sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_sweep_files_plan_every_pair_in_full(sweep, monkeypatch):

@@ -45,7 +45,7 @@ from bench.quality.plan import (
 )
 from bench.quality.report import write_report
 from bench.quality.run import adopt_rows, run_sweep
-from spg_hf.compare import CompareError
+from spg_hf.compare import CompareError, split_at_double_dash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCRIPT = REPO_ROOT / "run_glue_spg.py"
@@ -104,11 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Run], list[Comparison], tuple[str, ...]]:
     """Options (a --sweep file's values as defaults, flags win), the planned runs in order, the comparisons (empty
     for a single-recipe sweep) and the script flags. `args.reuse_from` lists folders to take rows from."""
-    argv = list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, extra = argv[:split], argv[split + 1 :]
+    argv, extra = split_at_double_dash(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     config: dict[str, Any] = {}
