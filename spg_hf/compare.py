@@ -658,12 +658,19 @@ def plot_per_seed(summary: Mapping[str, Any], path: Path) -> bool:
                 by_seed.setdefault(seed, {})[arm] = value
         draw_per_seed(axis, arms, by_seed, [section["arms"][arm]["mean"] for arm in arms])
         axis.set_title(f"{metric} ({'higher' if section['higher_is_better'] else 'lower'} is better)", fontsize=9)
-    axes[0][0].set_ylabel("per seed; bar = mean")
+    save_figure(figure, axes, "per seed; bar = mean", path)
+    return True
+
+
+def save_figure(figure: Any, axes: Any, ylabel: str, path: Path) -> None:
+    """How the per-panel plots end: the y label on the first panel, the legend on the last, 110 dpi, closed."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-    return True
 
 
 def write_report(out: Path, comparison: Comparison, failures: Sequence[str] = ()) -> str | None:

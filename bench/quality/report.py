@@ -25,7 +25,7 @@ from bench.quality.plan import (
     row_arm,
 )
 from bench.quality.stats import recipe, summarize
-from spg_hf.compare import RAW_FILE, draw_per_seed, higher_is_better, load_rows
+from spg_hf.compare import RAW_FILE, draw_per_seed, higher_is_better, load_rows, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
@@ -141,11 +141,7 @@ def plot_main_metric(summary: Sequence[dict], rows: Sequence[dict], path: Path) 
         means = [100 * task["methods"][arm]["metrics"][main]["mean"] for arm in arms]
         draw_per_seed(axis, arms, by_seed, means)
         axis.set_title(f"{TASK_TITLES[task['task']]} {METRIC_NAMES.get(main, main)}")
-    axes[0][0].set_ylabel("main metric (points); bar = mean")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, axes, "main metric (points); bar = mean", path)
 
 
 def plot_versus(summary: Sequence[dict], rows: Sequence[dict], x: str, path: Path) -> None:
@@ -172,11 +168,7 @@ def plot_versus(summary: Sequence[dict], rows: Sequence[dict], x: str, path: Pat
         axis.set_xlabel(AXIS_LABELS[x])
         axis.set_title(f"{TASK_TITLES[task['task']]} {METRIC_NAMES.get(main, main)}")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("main metric (points); line = mean")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, axes, "main metric (points); line = mean", path)
 
 
 def eval_curve(state_path: Path, metric: str) -> tuple[list[float], list[float]]:
@@ -216,11 +208,7 @@ def plot_eval_curves(summary: Sequence[dict], rows: Sequence[dict], out: Path, p
         axis.set_title(f"{TASK_TITLES[task['task']]} dev {METRIC_NAMES.get(main, main)}")
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("main metric (points), mean over seeds")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, axes, "main metric (points), mean over seeds", path)
     return True
 
 
