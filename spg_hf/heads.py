@@ -30,6 +30,7 @@ TASK_SUFFIXES = {
     "ForSequenceClassification": "sequence_classification",
     "ForAudioClassification": "sequence_classification",
     "ForImageClassification": "sequence_classification",
+    "ForMultipleChoice": "multiple_choice",
     "ForQuestionAnswering": "question_answering",
     "ForTokenClassification": "token_classification",
     "ForMaskedLM": "masked_lm",
@@ -191,6 +192,24 @@ def _classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[s
     return model.classifier(state)
 
 
+def _choice_scores_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    # One score per (example, choice) row, regrouped into [batch, choices] as the model's forward does.
+    choices = next(inputs[name] for name in ("input_ids", "inputs_embeds") if inputs.get(name) is not None)
+    return model.classifier(state).view(-1, choices.shape[1])
+
+
+def _classification_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classification_head(state)
+
+
+def timm_classifier(model: nn.Module) -> nn.Module:
+    return model.timm_model.get_classifier()
+
+
+def _timm_classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return timm_classifier(model)(state)
+
+
 def _score_per_token_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     return model.score(state)
 
@@ -307,6 +326,33 @@ FAMILIES: tuple[HeadFamily, ...] = (
         capture="projector",
     ),
     HeadFamily(
+        "timm_classifier",
+        "sequence_classification",
+        "the timm model's own classifier (`timm_model.get_classifier()`) on the features it pools",
+        lambda m: isinstance(getattr(m, "timm_model", None), nn.Module) and hasattr(m.timm_model, "get_classifier"),
+        _timm_classifier_head,
+        READS_VECTOR,
+        capture=timm_classifier,
+    ),
+    HeadFamily(
+        "eos_classification_head",
+        "sequence_classification",
+        "`classification_head` on the decoder state of the last EOS token (encoder-decoder classifiers)",
+        lambda m: _module(m, "classification_head") is not None,
+        _classification_head,
+        READS_VECTOR,
+        capture="classification_head",
+    ),
+    HeadFamily(
+        "choice_classifier",
+        "multiple_choice",
+        "a one-output linear `classifier` on each choice's pooled vector, scores regrouped into [batch, choices]",
+        lambda m: _has_linear(m, "classifier") and m.classifier.out_features == 1,
+        _choice_scores_head,
+        READS_FIRST,
+        capture="classifier",
+    ),
+    HeadFamily(
         "image_pooled",
         "sequence_classification",
         "`classifier` on the vector the model pools (first token or mean over patches/positions)",
@@ -391,12 +437,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "sequence_classification",
         "a `classifier` head module that reads the first token itself, or the first token the model hands it (dense, "
         "activation, projection)",
-        lambda m: (
-            _reads_text(m)
-            and _module(m, "classifier") is not None
-            and not isinstance(m.classifier, nn.Linear)
-            and _module(m.base_model, "pooler") is None
-        ),
+        lambda m: _reads_text(m) and _module(m, "classifier") is not None and not isinstance(m.classifier, nn.Linear),
         _classifier_head,
         READS_FIRST,
         capture="classifier",

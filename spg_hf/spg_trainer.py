@@ -271,8 +271,9 @@ class SPGChainRun:
 
     @property
     def counts_survivor_labels(self) -> bool:
-        """Whether each example has one class label, so the labels of the module-1 survivors can be counted."""
-        return self.objective == "classification" and not self.family.token_level
+        """Whether each example has one class label, so the labels of the module-1 survivors can be counted (a
+        choice's index is no class)."""
+        return self.objective == "classification" and self.family.task == "sequence_classification"
 
     @property
     def num_labels(self) -> int:

@@ -37,6 +37,19 @@ AUDIO = dict(
     classifier_proj_size=16,
     mask_time_prob=0.0,
 )
+BART = dict(
+    vocab_size=99,
+    d_model=HIDDEN,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+)
+T5 = dict(vocab_size=99, d_model=HIDDEN, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2)
+EOS_TOKEN = SPECIAL_TOKENS["eos_token_id"]
+CHOICES = 2
 WAVEFORM_SAMPLES = 1600
 IMAGE_SIZE = 32
 VIT = dict(TEXT, image_size=IMAGE_SIZE, patch_size=8, vocab_size=None)
@@ -64,6 +77,15 @@ TINY_CONFIGS = {
     "Qwen2ForSequenceClassification": (transformers.Qwen2Config, DECODER),
     "MistralForSequenceClassification": (transformers.MistralConfig, DECODER),
     "GPT2ForSequenceClassification": (transformers.GPT2Config, GPT2),
+    "BigBirdForSequenceClassification": (transformers.BigBirdConfig, dict(TEXT, attention_type="original_full")),
+    # Encoder-decoder classifiers pool the decoder state at the last EOS token: their inputs end in EOS_TOKEN.
+    "BartForSequenceClassification": (transformers.BartConfig, dict(BART, **SPECIAL_TOKENS)),
+    "MBartForSequenceClassification": (transformers.MBartConfig, dict(BART, **SPECIAL_TOKENS)),
+    "T5ForSequenceClassification": (transformers.T5Config, dict(T5, **SPECIAL_TOKENS, decoder_start_token_id=0)),
+    "BertForMultipleChoice": (transformers.BertConfig, TEXT),
+    "RobertaForMultipleChoice": (transformers.RobertaConfig, TEXT),
+    "DistilBertForMultipleChoice": (transformers.DistilBertConfig, DISTILBERT),
+    "ModernBertForMultipleChoice": (transformers.ModernBertConfig, MODERNBERT),
     "BertForQuestionAnswering": (transformers.BertConfig, TEXT),
     "RobertaForQuestionAnswering": (transformers.RobertaConfig, TEXT),
     "AlbertForQuestionAnswering": (transformers.AlbertConfig, dict(TEXT, embedding_size=16)),
@@ -88,17 +110,7 @@ TINY_CONFIGS = {
         transformers.OPTConfig,
         dict(TEXT, **SPECIAL_TOKENS, ffn_dim=64, word_embed_proj_dim=16),
     ),
-    "BartForCausalLM": (
-        transformers.BartConfig,
-        dict(
-            SPECIAL_TOKENS,
-            vocab_size=99,
-            d_model=HIDDEN,
-            decoder_layers=2,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=64,
-        ),
-    ),
+    "BartForCausalLM": (transformers.BartConfig, dict(BART, **SPECIAL_TOKENS)),
     "Wav2Vec2ForSequenceClassification": (transformers.Wav2Vec2Config, AUDIO),
     "HubertForSequenceClassification": (transformers.HubertConfig, AUDIO),
     "WavLMForSequenceClassification": (transformers.WavLMConfig, AUDIO),
@@ -150,6 +162,18 @@ def text_dataset(size: int = 32, length: int = 12, seed: int = 0, regression: bo
     ids = torch.randint(5, 99, (size, length), generator=generator)
     labels = (ids[:, 1].float() / 20.0).tolist() if regression else (ids[:, 1] > 50).long().tolist()
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels})
+
+
+def eos_text_dataset(size: int = 32, length: int = 12, seed: int = 0) -> Dataset:
+    """text_dataset with every sequence ending in EOS, as encoder-decoder classifiers need."""
+    return text_dataset(size, length, seed).map(lambda row: {"input_ids": row["input_ids"][:-1] + [EOS_TOKEN]})
+
+
+def choice_dataset(size: int = 16, length: int = 12, seed: int = 0) -> Dataset:
+    """CHOICES token sequences per example; the right one is the choice whose second token is largest."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (size, CHOICES, length), generator=generator)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids[:, :, 1].argmax(-1).tolist()})
 
 
 def qa_dataset(size: int = 16, length: int = 12, seed: int = 0) -> Dataset:

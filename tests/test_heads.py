@@ -12,10 +12,14 @@ import safetensors.torch
 import torch
 import transformers
 from conftest import (
+    CHOICES,
+    EOS_TOKEN,
     IMAGE_SIZE,
     SHORT_RUN,
     TINY_CONFIGS,
     audio_dataset,
+    choice_dataset,
+    eos_text_dataset,
     image_dataset,
     qa_dataset,
     text_dataset,
@@ -30,6 +34,7 @@ from spg_hf.spg import TRPChain, per_example_terms, spg_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 AUTO_CLASSES = {
+    "ForMultipleChoice": transformers.AutoModelForMultipleChoice,
     "ForQuestionAnswering": transformers.AutoModelForQuestionAnswering,
     "ForTokenClassification": transformers.AutoModelForTokenClassification,
     "ForMaskedLM": transformers.AutoModelForMaskedLM,
@@ -68,6 +73,10 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
         attention_mask[1, 1000:] = 0
         return {"input_values": torch.randn(3, 1600), "attention_mask": attention_mask}
     input_ids = torch.randint(5, 99, (3, 10))
+    if task_of(model) == "multiple_choice":
+        return {"input_ids": torch.randint(5, 99, (3, CHOICES, 10))}
+    if model.config.is_encoder_decoder:
+        return {"input_ids": torch.cat([input_ids[:, :-1], torch.full((3, 1), EOS_TOKEN)], dim=1)}
     attention_mask = torch.ones(3, 10, dtype=torch.long)
     attention_mask[2, 7:] = 0
     attention_mask[1, :2] = 0
@@ -80,6 +89,10 @@ def train_dataset(model: transformers.PreTrainedModel):
         return qa_dataset()
     if task_of(model) in TOKEN_LEVEL_TASKS:
         return token_dataset(task=task_of(model))
+    if task_of(model) == "multiple_choice":
+        return choice_dataset()
+    if model.config.is_encoder_decoder:
+        return eos_text_dataset()
     return {"pixel_values": image_dataset, "input_values": audio_dataset}.get(model.main_input_name, text_dataset)()
 
 
@@ -152,7 +165,7 @@ def test_pooled_form_feeds_the_classifier(class_name):
     "model",
     [
         transformers.XLNetForSequenceClassification(transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2)),
-        transformers.BertForMultipleChoice(transformers.BertConfig(**TINY_CONFIGS["BertForQuestionAnswering"][1])),
+        transformers.BertForPreTraining(transformers.BertConfig(**TINY_CONFIGS["BertForQuestionAnswering"][1])),
     ],
     ids=["head-of-no-family", "task-of-no-family"],
 )
