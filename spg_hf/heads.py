@@ -80,10 +80,6 @@ class HeadFamily:
     def token_level(self) -> bool:
         return self.task in TOKEN_LEVEL_TASKS
 
-    @property
-    def named(self) -> bool:
-        return self.name == NAMED_HEAD
-
     def capture_module(self, model: nn.Module) -> nn.Module:
         if self.capture is None:
             return model.base_model
