@@ -244,9 +244,10 @@ def test_bad_input_stops_after_at_most_one_run(stub, tmp_path, monkeypatch, opti
     with pytest.raises(SystemExit, match=message) as error:
         compare.main(["--out", str(tmp_path / "report"), "--jobs", "2", *options, "--", *stub])
     # The rejected flag: the baseline's first run finished; the odd arm's was refused by the stub's parser (before it
-    # logs a call), and plain seed 2, started beside it, may have been started and was then ended.
+    # logs a call), and plain seed 2, started beside it, may have finished or been ended: either is a right outcome.
     assert len(calls(tmp_path)) in range(1, runs + 1)
-    assert len(compare.load_rows(tmp_path / "report" / compare.RAW_FILE)) == runs - 1
+    finished = sorted((row["arm"], row["seed"]) for row in compare.load_rows(tmp_path / "report" / compare.RAW_FILE))
+    assert finished in ([("plain", 1)], [("plain", 1), ("plain", 2)]) if "odd" in message else finished == []
     if "odd" in message:
         assert "unrecognized arguments: --spg_enabledd" in str(error.value)
 
