@@ -17,7 +17,9 @@ DEFAULT_SPG_DROPOUT = 0.2
 
 @dataclass
 class SPGTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the SPG settings. Every default follows the paper (see the README)."""
+    """`TrainingArguments` with the SPG settings. The defaults do not all follow the paper: the chain's weights and
+    dropout are the paper's, `spg_activation` is the authors' reference code's (`relu`), and each setting's help says
+    whether a form is the paper text's or the reference code's (see the README's settings table)."""
 
     spg_enabled: bool = field(
         default=True,
