@@ -3,9 +3,9 @@
 
 Rank 1 joins the last all_reduce late, so on rank 0 the process group's thread completes it - and drops the Python
 callback attached to its future - only after `main()` has returned. Run plainly, that thread then needs the GIL while
-Python finalizes, and CPython before 3.14 ends it with pthread_exit, which aborts the process ("terminate called
-without an active exception"). `--run_main` ends the script through
-`spg_hf.tasks.cli.run_main`, as the example scripts do.
+Python finalizes, and CPython before 3.14 ends it with pthread_exit, which aborted the process on every launch with
+torch 2.13 ("terminate called without an active exception"; torch 2.14 aborts less often, see the test). `--run_main`
+ends the script through `spg_hf.tasks.cli.run_main`, as the example scripts do.
 """
 
 from __future__ import annotations

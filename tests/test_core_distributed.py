@@ -68,12 +68,22 @@ def test_ddp_layerdrop_skipped_layers(ddp_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("through_run_main", [False, True], ids=["plain-exit", "run_main"])
 def test_exit_while_the_process_group_thread_holds_python_objects(through_run_main):
-    """The cause of the aborts after good 2-process runs (issue 14), made certain, and the example scripts' way out."""
+    """The cause of the aborts after good 2-process runs (docs/benchmarks.md, "Clean exits"), and the example scripts'
+    way out.
+
+    Through `run_main` both ranks must exit 0. A plain exit must end too (`torchrun` raises TimeoutExpired on a hang),
+    and when it fails, it must fail by the abort `run_main` prevents: a C++ `std::terminate` at exit, which the C++
+    runtime reports as "terminate called ...", rather than by an error in the worker. How often a plain exit aborts
+    depends on torch (CPython 3.11, this 2-core machine): with torch 2.13 rank 0 aborted on every launch ("terminate
+    called without an active exception", the process-group thread ending under interpreter shutdown); with torch
+    2.14.1, 9 of 12 launches exited 0 and 3 aborted on rank 1 ("terminate called after throwing an instance of
+    'gloo::IoException'", its peer gone mid-collective). So the plain case does not require an abort, only that any
+    failure is one.
+    """
     if not through_run_main and sys.version_info >= (3, 14):
         pytest.skip("CPython 3.14 hangs such a thread instead of ending it (gh-87135), so a plain exit does not abort")
     result = torchrun(EXIT_RACE_WORKER, *(["--run_main"] if through_run_main else []))
     if through_run_main:
         assert result.returncode == 0, result.stderr[-6000:]
-    else:
-        assert result.returncode != 0
-        assert "terminate called without an active exception" in result.stderr
+    elif result.returncode != 0:
+        assert "terminate called" in result.stderr, result.stderr[-6000:]
