@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
 import torch
@@ -156,6 +157,22 @@ def _span_head(layer: str) -> HeadFn:
     return head
 
 
+def _question_masked_span_head(
+    model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BigBird's QA head: `qa_classifier`, then the question's tokens (up to the first separator, or the
+    `question_lengths` input) taken out of the competition with the model's own mask, as its forward does."""
+    logits = model.qa_classifier(state)
+    question_lengths = inputs.get("question_lengths")
+    if question_lengths is None and inputs.get("input_ids") is not None:
+        question_lengths = (inputs["input_ids"].eq(model.sep_token_id).int().argmax(dim=-1) + 1).unsqueeze(1)
+    if question_lengths is not None:
+        question_mask = model.prepare_question_mask(question_lengths, logits.shape[1])
+        question_mask[:, 0] = 0
+        logits = logits - question_mask.unsqueeze(2) * 1e6
+    return _split_span_logits(logits)
+
+
 def _base_pooler_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     return model.classifier(model.dropout(model.base_model.pooler(state)))
 
@@ -211,7 +228,16 @@ def _score_per_token_head(model: PreTrainedModel, state: torch.Tensor, inputs: d
 
 
 def _lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    return lm_head_module(model)(state)
+    """The head module, then what the config says the forward does to its logits: Cohere's `logit_scale`, Gemma 2's
+    and Gemma 3's `final_logit_softcapping` (`verify_head` checks that the forward does exactly this)."""
+    logits = lm_head_module(model)(state)
+    config = model.config.get_text_config()
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * config.logit_scale
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
 
 
 def _vocab_projector_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -258,16 +284,6 @@ def lm_head_module(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _applies_lm_head_alone(model: nn.Module) -> bool:
-    # Models that scale or soft-cap the logits after the head (Gemma 2, Cohere) compute more than the head module.
-    config = model.config.get_text_config()
-    return (
-        lm_head_module(model) is not None
-        and getattr(config, "final_logit_softcapping", None) is None
-        and getattr(config, "logit_scale", None) is None
-    )
-
-
 def _has_span_layer(model: nn.Module, name: str) -> bool:
     return _has_linear(model, name) and getattr(model, name).out_features == 2
 
@@ -307,6 +323,16 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _span_head("classifier"),
         READS_ALL,
         capture="classifier",
+    ),
+    HeadFamily(
+        "question_masked_span",
+        "question_answering",
+        "`qa_classifier` (transform and 2-output `qa_outputs`) on every token state, question tokens masked out as the "
+        "model does, split into start and end logits",
+        lambda m: _module(m, "qa_classifier") is not None and hasattr(m, "prepare_question_mask"),
+        _question_masked_span_head,
+        READS_ALL,
+        capture="qa_classifier",
     ),
     HeadFamily(
         "frame_pooling",
@@ -469,7 +495,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "masked_lm_head",
         "masked_lm",
         "the child module holding the output embeddings: head transform (dense, activation, norm) and decoder",
-        _applies_lm_head_alone,
+        lambda m: lm_head_module(m) is not None,
         _lm_head,
         READS_LABELLED,
         capture=lm_head_module,
@@ -477,8 +503,9 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "causal_lm_head",
         "causal_lm",
-        "the child module holding the output embeddings (`lm_head`), labels shifted by one as the model's loss does",
-        _applies_lm_head_alone,
+        "the child module holding the output embeddings (`lm_head`), then the config's `logit_scale` or "
+        "`final_logit_softcapping`; labels shifted by one as the model's loss does",
+        lambda m: lm_head_module(m) is not None,
         _lm_head,
         READS_LABELLED,
         capture=lm_head_module,
@@ -497,12 +524,22 @@ def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> to
 
 
 def task_of(model: nn.Module) -> str | None:
-    """The SPG task of a model from its task class, or None for a class of no supported task."""
+    """The SPG task of a model from its task class, or None for a class of no supported task. A causal LM whose
+    class name says no task (`BertGenerationDecoder`) is one because transformers' AutoModelForCausalLM maps to it."""
     for cls in type(model).__mro__:
         for suffix, task in TASK_SUFFIXES.items():
             if cls.__name__.endswith(suffix):
                 return task
+    if type(model).__name__ in _causal_lm_class_names():
+        return "causal_lm"
     return None
+
+
+@cache
+def _causal_lm_class_names() -> frozenset[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def head_family_for(model: nn.Module) -> HeadFamily:
@@ -539,7 +576,7 @@ def _predictions_agree(shared: Any, own: Any) -> bool:
     dtype (a head applied to fewer positions may sum in another order)."""
     pairs = zip(shared, own, strict=True) if isinstance(own, tuple) else [(shared, own)]
     for computed, expected in pairs:
-        if computed.shape != expected.shape:
+        if not isinstance(computed, torch.Tensor) or computed.shape != expected.shape:
             return False
         tolerance = 1e-3 if expected.dtype in (torch.float32, torch.float64) else 5e-2
         expected = expected.float()

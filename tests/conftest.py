@@ -94,6 +94,7 @@ TINY_CONFIGS = {
     "ModernBertForQuestionAnswering": (transformers.ModernBertConfig, MODERNBERT),
     "DistilBertForQuestionAnswering": (transformers.DistilBertConfig, DISTILBERT),
     "LlamaForQuestionAnswering": (transformers.LlamaConfig, DECODER),
+    "BigBirdForQuestionAnswering": (transformers.BigBirdConfig, dict(TEXT, attention_type="original_full")),
     "BertForTokenClassification": (transformers.BertConfig, TEXT),
     "RobertaForTokenClassification": (transformers.RobertaConfig, TEXT),
     "DistilBertForTokenClassification": (transformers.DistilBertConfig, DISTILBERT),

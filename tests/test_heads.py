@@ -154,6 +154,15 @@ def test_mean_pooling_prediction_head_reads_every_token():
     torch.testing.assert_close(shared, own)
 
 
+def test_question_masked_span_head_masks_the_question_as_the_model_does():
+    model = build("BigBirdForQuestionAnswering")
+    input_ids = torch.randint(5, 60, (2, 12))
+    input_ids[:, 4] = model.sep_token_id  # the question ends at the first separator
+    own, shared = head_logits(model, head_family_for(model), {"input_ids": input_ids})
+    torch.testing.assert_close(shared, own)
+    assert (shared[0][:, 1:5] < -1e5).all() and (shared[0][:, 5:] > -1e5).all()
+
+
 @pytest.mark.parametrize("class_name", [n for n in sorted(TINY_CONFIGS) if head_family_for(build(n)).offers_pooled])
 def test_pooled_form_feeds_the_classifier(class_name):
     model = build(class_name)
