@@ -37,11 +37,12 @@ TASK_SUFFIXES = {
     "ForMaskedLM": "masked_lm",
     "ForCausalLM": "causal_lm",
     "LMHeadModel": "causal_lm",
+    "ForConditionalGeneration": "seq2seq_lm",  # encoder-decoder models only (task_of)
 }
 NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
 IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
 # Tasks whose trajectories are positions (every labelled token), not examples.
-TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm")
+TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm", "seq2seq_lm")
 
 # Positions a head reads from the captured state [batch, length, width] (or [batch, width, ...] for "vector").
 READS_FIRST = "first token"
@@ -228,9 +229,13 @@ def _score_per_token_head(model: PreTrainedModel, state: torch.Tensor, inputs: d
 
 
 def _lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    """The head module, then what the config says the forward does to its logits: Cohere's `logit_scale`, Gemma 2's
-    and Gemma 3's `final_logit_softcapping` (`verify_head` checks that the forward does exactly this)."""
+    """The head module, then what the model's forward adds to its logits: BART's and Marian's
+    `final_logits_bias`, Cohere's `logit_scale`, Gemma 2's and Gemma 3's `final_logit_softcapping` (`verify_head`
+    checks that the forward does exactly this)."""
     logits = lm_head_module(model)(state)
+    final_logits_bias = getattr(model, "final_logits_bias", None)
+    if isinstance(final_logits_bias, torch.Tensor):
+        logits = logits + final_logits_bias
     config = model.config.get_text_config()
     if getattr(config, "logit_scale", None) is not None:
         logits = logits * config.logit_scale
@@ -262,13 +267,24 @@ def _frame_pooling_head(model: PreTrainedModel, state: torch.Tensor, inputs: dic
 # ---------------------------------------------------------------- what the head modules look like
 
 
+def _unwrapped(module: Any) -> Any:
+    """The layer a PEFT adapter wraps (a LoRA layer's `base_layer`, a `modules_to_save` wrapper's
+    `original_module`), so that an adapted head matches its family as the plain one does; anything else as it is."""
+    while isinstance(module, nn.Module):
+        inner = getattr(module, "original_module", None) or getattr(module, "base_layer", None)
+        if not isinstance(inner, nn.Module):
+            break
+        module = inner
+    return module
+
+
 def _module(model: nn.Module, name: str) -> nn.Module | None:
     module = getattr(model, name, None)
     return module if isinstance(module, nn.Module) else None
 
 
 def _has_linear(model: nn.Module, name: str) -> bool:
-    return isinstance(getattr(model, name, None), nn.Linear)
+    return isinstance(_unwrapped(getattr(model, name, None)), nn.Linear)
 
 
 def lm_head_module(model: nn.Module) -> nn.Module | None:
@@ -285,7 +301,7 @@ def lm_head_module(model: nn.Module) -> nn.Module | None:
 
 
 def _has_span_layer(model: nn.Module, name: str) -> bool:
-    return _has_linear(model, name) and getattr(model, name).out_features == 2
+    return _has_linear(model, name) and _unwrapped(getattr(model, name)).out_features == 2
 
 
 def _reads_text(model: nn.Module) -> bool:
@@ -369,7 +385,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "choice_classifier",
         "multiple_choice",
         "a one-output linear `classifier` on each choice's pooled vector, scores regrouped into [batch, choices]",
-        lambda m: _has_linear(m, "classifier") and m.classifier.out_features == 1,
+        lambda m: _has_linear(m, "classifier") and _unwrapped(m.classifier).out_features == 1,
         _choice_scores_head,
         READS_FIRST,
         capture="classifier",
@@ -459,7 +475,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "sequence_classification",
         "a `classifier` head module that reads the first token itself, or the first token the model hands it (dense, "
         "activation, projection)",
-        lambda m: _reads_text(m) and _module(m, "classifier") is not None and not isinstance(m.classifier, nn.Linear),
+        lambda m: _reads_text(m) and _module(m, "classifier") is not None and not _has_linear(m, "classifier"),
         _classifier_head,
         READS_FIRST,
         capture="classifier",
@@ -510,17 +526,34 @@ FAMILIES: tuple[HeadFamily, ...] = (
         READS_LABELLED,
         capture=lm_head_module,
     ),
+    HeadFamily(
+        "seq2seq_lm_head",
+        "seq2seq_lm",
+        "the decoder's LM head (the child module holding the output embeddings: `lm_head`, Whisper's `proj_out`), "
+        "plus `final_logits_bias` where the model has one; labels as the model's loss reads them (unshifted)",
+        lambda m: lm_head_module(m) is not None,
+        _lm_head,
+        READS_LABELLED,
+        capture=lm_head_module,
+    ),
 )
 
 
 def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
     """Per position, the label its logits predict (-100: not a trajectory), as the model's own loss pairs them:
-    causal language models predict the next token (labels shifted left by one, or the `shift_labels` input)."""
+    causal language models predict the next token (labels shifted left by one, or the `shift_labels` input). In
+    packed or padding-free batches (`position_ids` restarting at 0) the last token of a sequence predicts nothing:
+    no trajectory crosses into the next sequence, whatever the collator did to the labels."""
     if task != "causal_lm":
         return labels
     if inputs.get("shift_labels") is not None:
         return inputs["shift_labels"]
-    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    position_ids = inputs.get("position_ids")
+    if position_ids is not None and position_ids.shape == labels.shape:
+        next_starts_a_sequence = F.pad(position_ids[..., 1:] == 0, (0, 1), value=True)
+        targets = targets.masked_fill(next_starts_a_sequence, IGNORE_INDEX)
+    return targets
 
 
 def task_of(model: nn.Module) -> str | None:
@@ -529,6 +562,8 @@ def task_of(model: nn.Module) -> str | None:
     for cls in type(model).__mro__:
         for suffix, task in TASK_SUFFIXES.items():
             if cls.__name__.endswith(suffix):
+                if task == "seq2seq_lm" and not getattr(model.config, "is_encoder_decoder", False):
+                    break  # a decoder-only ...ForConditionalGeneration (vision-language): a causal LM, if any
                 return task
     if type(model).__name__ in _causal_lm_class_names():
         return "causal_lm"
@@ -585,6 +620,14 @@ def _predictions_agree(shared: Any, own: Any) -> bool:
     return True
 
 
+def _next_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label of the next position) at each position, 0 where that label is ignored, as TRL's fused head
+    returns them."""
+    next_labels = labels[:, 1:]
+    log_probs = logits[:, :-1].float().log_softmax(-1).gather(-1, next_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return log_probs.masked_fill(next_labels == IGNORE_INDEX, 0.0)
+
+
 def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> None:
     """Runs the model once in eval mode on `batch` and checks what SPG relies on: the forward calls the module the
     family captures, and the family's head on the captured state reproduces the model's own logits. A model that
@@ -604,16 +647,18 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
                     refusal + f"its forward never calls {_describe_capture(family, model)}, where the head's input "
                     "is captured. Set spg_enabled=False to train it as with Trainer."
                 )
-            own = (
-                (outputs["start_logits"], outputs["end_logits"])
-                if family.task == "question_answering"
-                else (outputs["logits"])
-            )
             try:
                 shared = family.head(model, family.select(model, captured[0], batch), batch)
             except (RuntimeError, IndexError, TypeError, AttributeError) as error:
                 failure = f"the family's head fails on the state its forward hands on ({error})."
                 raise ValueError(refusal + failure) from error
+            if family.task == "question_answering":
+                own = (outputs["start_logits"], outputs["end_logits"])
+            elif outputs.get("logits") is None and outputs.get("log_probs") is not None:
+                # TRL's fused LM head builds no logits: compare the log-probability of each next-token label.
+                own, shared = outputs["log_probs"], _next_token_log_probs(shared, batch["labels"])
+            else:
+                own = outputs["logits"]
     finally:
         handle.remove()
         model.train(was_training)

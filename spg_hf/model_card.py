@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from spg_hf.spg_config import SPGTrainingArguments
+from typing import Any
+
+from spg_hf.spg_config import SPGArguments
 
 MODEL_CARD_TAG = "spg"
 PAPER_TITLE = "Sequential Policy Gradient for Adaptive Hyperparameter Optimization"
@@ -30,8 +32,10 @@ SPG_SETTINGS = (
 TRAINING_PROCEDURE_HEADING = "\n## Training procedure\n"
 
 
-def add_spg_sections(card: str, args: SPGTrainingArguments) -> str:
-    """Trainer's model card `card` with the SPG method and settings under "Training procedure", and a citation."""
+def add_spg_sections(card: str, args: SPGArguments, applied: dict[str, Any] | None = None) -> str:
+    """Trainer's model card `card` with the SPG method and settings under "Training procedure", and a citation.
+    `applied` holds the values training used for settings left unset (spg_normalize's default by task)."""
+    settings = {name: getattr(args, name) for name in SPG_SETTINGS} | (applied or {})
     method = (
         f"\nThis model was fine-tuned with Sequential Policy Gradient (SPG), a method introduced in [{PAPER_TITLE}]"
         f"({PAPER_URL}), using `SPGTrainer` from spg-hf. During training, a chain of {len(args.spg_weights)} "
@@ -39,7 +43,7 @@ def add_spg_sections(card: str, args: SPGTrainingArguments) -> str:
         "head, and their losses, weighted and counted while the predictions stayed correct, were added to the "
         "usual loss. The modules were removed after training: this model has the base architecture and loads with "
         "its usual `AutoModelFor...` class.\n"
-        "\n### SPG settings\n\n" + "\n".join(f"- {name}: {getattr(args, name)}" for name in SPG_SETTINGS) + "\n"
+        "\n### SPG settings\n\n" + "\n".join(f"- {name}: {value}" for name, value in settings.items()) + "\n"
     )
     citation = f"\n## Citation\n\nCite SPG as:\n\n```bibtex\n{CITATION}\n```\n"
     # Should a later template lack the heading, partition leaves it empty and the section goes at the end.

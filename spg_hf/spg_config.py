@@ -1,10 +1,13 @@
-"""`SPGTrainingArguments`: `TrainingArguments` plus the settings of Sequential Policy Gradient."""
+"""The settings of Sequential Policy Gradient (`SPGArguments`), and the arguments classes that add them to
+`TrainingArguments` (`SPGTrainingArguments`) and `Seq2SeqTrainingArguments` (`SPGSeq2SeqTrainingArguments`); TRL's
+`SFTConfig` gets them in `spg_hf.trl`. Any other arguments class gets them the same way:
+`@dataclass class MyArguments(SPGArguments, MyTrainingArguments): pass`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from transformers import TrainingArguments
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -16,10 +19,11 @@ DEFAULT_SPG_DROPOUT = 0.2
 
 
 @dataclass
-class SPGTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the SPG settings. The defaults do not all follow the paper: the chain's weights and
-    dropout are the paper's, `spg_activation` is the authors' reference code's (`relu`), and each setting's help says
-    whether a form is the paper text's or the reference code's (see the README's settings table)."""
+class SPGArguments:
+    """The SPG settings, a dataclass mixin placed before a `TrainingArguments` class. The defaults do not all follow
+    the paper: the chain's weights and dropout are the paper's, `spg_activation` is the authors' reference code's
+    (`relu`), `spg_normalize` depends on the task, and each setting's help says whether a form is the paper text's
+    or the reference code's (see the README's settings table)."""
 
     spg_enabled: bool = field(
         default=True,
@@ -68,11 +72,14 @@ class SPGTrainingArguments(TrainingArguments):
             "choices": list(SPG_ACTIVATION_CHOICES),
         },
     )
-    spg_normalize: str = field(
-        default="survivors",
+    # Unset, token-level tasks take 'batch': with 'survivors' both weak LMs in docs/results.md got worse and the
+    # masked LM collapsed onto one token; with 'batch' both were level with plain fine-tuning.
+    spg_normalize: str | None = field(
+        default=None,
         metadata={
-            "help": "Divide module t's loss by the number of examples that reached it ('survivors', reference "
-            "code) or by the batch size ('batch', paper text).",
+            "help": "Divide module t's loss by the number of examples (positions) that reached it ('survivors', "
+            "reference code) or by the batch's ('batch', paper text). Unset: 'batch' for token-level tasks (token "
+            "classification, masked, causal and seq2seq LM, SFT), 'survivors' for example-level ones.",
             "choices": list(SPG_NORMALIZE_CHOICES),
         },
     )
@@ -105,7 +112,7 @@ class SPGTrainingArguments(TrainingArguments):
         validate_spg_settings(self)
 
     @classmethod
-    def from_training_arguments(cls, args: TrainingArguments) -> SPGTrainingArguments:
+    def from_training_arguments(cls, args: TrainingArguments) -> SPGArguments:
         """The same arguments with the SPG settings at their defaults: what `SPGTrainer` trains with when handed a
         plain `TrainingArguments`. Every field keeps its value; the new object runs `__post_init__` on values the
         first one already normalised, which leaves them unchanged."""
@@ -113,17 +120,24 @@ class SPGTrainingArguments(TrainingArguments):
         unknown = sorted(given - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(
-                f"args: SPGTrainer converts a TrainingArguments to SPGTrainingArguments keeping every field, but "
-                f"{type(args).__name__} has fields SPGTrainingArguments lacks ({', '.join(unknown)}). Build the "
-                "arguments as a subclass of SPGTrainingArguments instead."
+                f"args: the SPG trainer converts its {type(args).__name__} to {cls.__name__} keeping every field, but "
+                f"{cls.__name__} lacks {', '.join(unknown)}. Use the SPG trainer made for these arguments "
+                "(SPGSeq2SeqTrainer for Seq2SeqTrainingArguments, spg_hf.trl.SPGSFTTrainer for SFTConfig), or build "
+                "the arguments as `@dataclass class MyArguments(SPGArguments, YourArguments)`."
             )
         converted = cls(**{name: getattr(args, name) for name in given})
         added = [f"{f.name}={getattr(converted, f.name)!r}" for f in fields(cls) if f.init and f.name not in given]
         logger.info(
-            f"SPGTrainer got a {type(args).__name__}: converted it to SPGTrainingArguments, adding the SPG defaults "
+            f"The SPG trainer got a {type(args).__name__}: converted it to {cls.__name__}, adding the SPG defaults "
             f"{', '.join(added)}."
         )
         return converted
+
+    def spg_normalize_for(self, token_level: bool) -> str:
+        """`spg_normalize`, or where it is unset the default for the task's trajectories."""
+        if self.spg_normalize is not None:
+            return self.spg_normalize
+        return "batch" if token_level else "survivors"
 
     @property
     def spg_dropout_rates(self) -> list[float]:
@@ -136,7 +150,17 @@ class SPGTrainingArguments(TrainingArguments):
         return [float(rate) for rate in rates]
 
 
-def validate_spg_settings(args: SPGTrainingArguments) -> None:
+@dataclass
+class SPGTrainingArguments(SPGArguments, TrainingArguments):
+    """`TrainingArguments` with the SPG settings (`SPGArguments`)."""
+
+
+@dataclass
+class SPGSeq2SeqTrainingArguments(SPGArguments, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with the SPG settings (`SPGArguments`), for `SPGSeq2SeqTrainer`."""
+
+
+def validate_spg_settings(args: SPGArguments) -> None:
     """Raise a ValueError naming the first bad SPG setting. Runs at construction and again when training starts,
     since hyperparameter search writes trial values into the arguments afterwards."""
     if not args.spg_weights:
@@ -158,7 +182,7 @@ def validate_spg_settings(args: SPGTrainingArguments) -> None:
         ("spg_activation", SPG_ACTIVATION_CHOICES),
         ("spg_normalize", SPG_NORMALIZE_CHOICES),
     ):
-        if getattr(args, name) not in choices:
+        if getattr(args, name) not in choices and not (name == "spg_normalize" and args.spg_normalize is None):
             raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(args, name)!r}.")
     if not args.spg_regression_tolerance > 0:
         raise ValueError(f"spg_regression_tolerance must be > 0, got {args.spg_regression_tolerance}.")

@@ -18,7 +18,7 @@ import inspect
 import os
 import random
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ import datasets
 import numpy as np
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer, TrainingArguments
 from transformers.loss.loss_utils import (
     ForCausalLMLoss,
     ForMaskedLMLoss,
@@ -53,7 +54,12 @@ from spg_hf.heads import (
 )
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, spg_loss, token_level_terms
-from spg_hf.spg_config import SPGTrainingArguments, validate_spg_settings
+from spg_hf.spg_config import (
+    SPGArguments,
+    SPGSeq2SeqTrainingArguments,
+    SPGTrainingArguments,
+    validate_spg_settings,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -90,11 +96,15 @@ def spg_objective(model: nn.Module, family: HeadFamily) -> str:
 
 
 def check_spg_support(
-    model: nn.Module, args: SPGTrainingArguments, batch: dict[str, Any] | None = None
+    model: nn.Module,
+    args: SPGArguments,
+    batch: dict[str, Any] | None = None,
+    form: Callable[[HeadFamily], HeadFamily] | None = None,
 ) -> HeadFamily | None:
-    """The model's shared-head family in the form `spg_attach` asks for, checked on the one-example `batch` where
-    there is one (`verify_head`), or a ValueError naming what is unsupported. A head named with `spg_head` is read
-    from that batch: without one it is None until training starts."""
+    """The model's shared-head family in the form `spg_attach` asks for (and `form` gives it: the trainer's forward
+    may reach the head another way), checked on the one-example `batch` where there is one (`verify_head`), or a
+    ValueError naming what is unsupported. A head named with `spg_head` is read from that batch: without one it is
+    None until training starts."""
     if args.spg_head:
         if args.spg_attach == "pooled":
             raise ValueError(
@@ -110,6 +120,8 @@ def check_spg_support(
                 f"{type(model).__name__}'s head ({family.name}: {family.rule}) does not. Use spg_attach='tokens'."
             )
         family = family.pooled_form()
+    if form is not None:
+        family = form(family)
     if batch is not None:
         verify_head(model, family, batch)
     spg_objective(model, family)
@@ -119,25 +131,30 @@ def check_spg_support(
 class SPGChainRun:
     """The chain attached to one model for one `train()` call: hooks, targets, and the statistics to log."""
 
-    def __init__(self, model: nn.Module, args: SPGTrainingArguments, family: HeadFamily) -> None:
-        self.model = model
+    def __init__(self, trained: nn.Module, args: SPGArguments, family: HeadFamily) -> None:
+        # `trained` is the model Trainer trains (a PeftModel included): the chain joins its parameters and its
+        # output carries the chain's result. `model` is the task model whose head the family reads.
+        self.trained = trained
+        self.model = model = unwrap_peft_model(trained)
         self.args = args
         self.family = family
         self.objective = spg_objective(model, family)
+        self.normalize = args.spg_normalize_for(family.token_level)
         # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
         # a float32 chain as it casts the model's own layers.
         reference = next(p for p in model.parameters() if p.is_floating_point())
         self.chain = TRPChain(self.family.width(model), args.spg_dropout_rates, args.spg_activation)
         self.chain.to(device=reference.device, dtype=reference.dtype)
-        model.add_module(CHAIN_ATTRIBUTE, self.chain)
+        trained.add_module(CHAIN_ATTRIBUTE, self.chain)
 
         # save_pretrained leaves these out of every folder, a user's own call included; a plain nn.Module's are
         # filtered by SPGTrainer._save.
-        self.saved_ignore_keys = getattr(model, "_keys_to_ignore_on_save", None)
+        self.saved_ignore_keys = getattr(trained, "_keys_to_ignore_on_save", None)
         self.chain_keys = {f"{CHAIN_ATTRIBUTE}.{name}" for name in self.chain.state_dict()}
-        model._keys_to_ignore_on_save = set(self.saved_ignore_keys or ()) | self.chain_keys
+        trained._keys_to_ignore_on_save = set(self.saved_ignore_keys or ()) | self.chain_keys
 
         self.armed = False
+        self.handed_pair = False
         self.inputs: dict[str, Any] = {}
         self.targets: Any = None
         self.captured: torch.Tensor | None = None
@@ -146,15 +163,15 @@ class SPGChainRun:
         self.chain_result: Any = None
         self.handles = [
             self.family.register_capture(model, self._run_chain),
-            model.register_forward_hook(self._on_model_output),
+            trained.register_forward_hook(self._on_model_output),
         ]
         self.reset_statistics()
 
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
-        delattr(self.model, CHAIN_ATTRIBUTE)
-        self.model._keys_to_ignore_on_save = self.saved_ignore_keys
+        delattr(self.trained, CHAIN_ATTRIBUTE)
+        self.trained._keys_to_ignore_on_save = self.saved_ignore_keys
 
     # ---- running the chain inside the model's forward ----
 
@@ -167,7 +184,7 @@ class SPGChainRun:
         self.armed = False
         self.head_prediction = head_prediction
         if self.family.token_level and head_prediction is not None:
-            self.chain_result = self._token_level_terms(captured, head_prediction)
+            self.chain_result = self._token_level_terms(captured, self._predicted_right(head_prediction))
             return
         if self.family.token_level:
             # Token-level chains run only where the model's own prediction was right: known after its head ran, in
@@ -188,20 +205,32 @@ class SPGChainRun:
         if self.captured is not None:
             captured, self.captured = self.captured, None
             with self.captured_autocast:
-                self.chain_result = self._token_level_terms(captured, output["logits"])
+                self.chain_result = self._token_level_terms(captured, self._predicted_right(output))
         if self.chain_result is None:
             return None
-        # Returned with the outputs so that DDP sees the chain's parameters used in the forward; `armed` hands the
-        # outputs on without them.
+        # Returned with the outputs so that DDP sees the chain's parameters used in the forward; `armed_call` hands
+        # the outputs on without them.
         chain_result, self.chain_result = self.chain_result, None
+        self.handed_pair = True
         return output, chain_result
 
-    def _token_level_terms(self, captured: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, list]:
-        targets = self.targets.reshape(-1).to(logits.device)
+    def _predicted_right(self, output: Any) -> torch.Tensor:
+        """Per position of the targets, whether the model's own prediction is the target: the argmax of its
+        logits, or where it builds none (TRL's fused LM head) its `is_top1`, scored for the next token and so one
+        position short of the unshifted length."""
+        targets = self.targets
+        if isinstance(output, torch.Tensor) or output.get("logits") is not None:
+            logits = output if isinstance(output, torch.Tensor) else output["logits"]
+            # argmax over every position: indexing the [positions, vocabulary] logits first would copy them.
+            return logits.detach().argmax(-1) == targets.to(logits.device)
+        is_top1 = output["is_top1"].detach().bool()
+        return F.pad(is_top1, (0, targets.shape[-1] - is_top1.shape[-1]))
+
+    def _token_level_terms(self, captured: torch.Tensor, predicted_right: torch.Tensor) -> tuple[torch.Tensor, list]:
+        targets = self.targets.reshape(-1).to(captured.device)
         positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
         targets = targets[positions]
-        # argmax before picking positions: indexing the [positions, vocabulary] logits first would copy them.
-        base_correct = logits.detach().argmax(-1).reshape(-1)[positions] == targets
+        base_correct = predicted_right.reshape(-1).to(captured.device)[positions]
         states = captured.reshape(-1, captured.shape[-1])[positions]
         terms = token_level_terms(
             self.chain, lambda state: self.family.head(self.model, state, self.inputs), states, targets, base_correct
@@ -216,8 +245,11 @@ class SPGChainRun:
         chain_results: list = []
 
         def hand_on_outputs(module: nn.Module, args: tuple, result: Any) -> Any:
-            if self.armed:  # the capture never fired; `terms` says so
+            # Not a pair: the capture never fired (`terms` says so), or a later call of the same compute_loss (TRL's
+            # no-grad call for its metrics).
+            if not self.handed_pair:
                 return None
+            self.handed_pair = False
             outputs, chain_result = result
             chain_results.append(chain_result)
             return outputs
@@ -228,7 +260,7 @@ class SPGChainRun:
             yield chain_results
         finally:
             handle.remove()
-            self.inputs, self.targets, self.armed = {}, None, False
+            self.inputs, self.targets, self.armed, self.handed_pair = {}, None, False, False
 
     def terms(
         self, outputs: Any, targets: Any, chain_results: list
@@ -367,29 +399,38 @@ def loss_divides_by_item_count(model: nn.Module) -> bool:
     return loss_function in ITEM_COUNT_LOSSES
 
 
-def as_spg_training_arguments(args: TrainingArguments | None) -> SPGTrainingArguments:
-    """`args` as SPGTrainingArguments: unchanged if they are, converted from a plain TrainingArguments (every field
-    kept, SPG defaults added), or the defaults Trainer uses when there are none."""
+def as_spg_arguments(args: TrainingArguments | None, arguments_class: type[SPGArguments]) -> SPGArguments:
+    """`args` with the SPG settings: unchanged if they have them, converted to `arguments_class` from arguments
+    without them (every field kept, SPG defaults added), or that class's defaults when there are none."""
     if args is None:
-        logger.info(f"No `SPGTrainingArguments` passed, using `output_dir={DEFAULT_OUTPUT_DIR}`.")
-        return SPGTrainingArguments(output_dir=DEFAULT_OUTPUT_DIR)
-    if isinstance(args, SPGTrainingArguments):
+        logger.info(f"No `{arguments_class.__name__}` passed, using `output_dir={DEFAULT_OUTPUT_DIR}`.")
+        return arguments_class(output_dir=DEFAULT_OUTPUT_DIR)
+    if isinstance(args, SPGArguments):
         return args
     if isinstance(args, TrainingArguments):
-        return SPGTrainingArguments.from_training_arguments(args)
-    raise TypeError(f"args must be a TrainingArguments or SPGTrainingArguments, got {type(args).__name__}.")
+        return arguments_class.from_training_arguments(args)
+    raise TypeError(f"args must be a TrainingArguments or {arguments_class.__name__}, got {type(args).__name__}.")
 
 
-class SPGTrainer(Trainer):
-    """`Trainer` that trains with SPG when `args.spg_enabled`; it takes every argument `Trainer` takes.
+class SPGTrainerMixin:
+    """SPG for `Trainer` and any subclass of it: `class MyTrainer(SPGTrainerMixin, SomeTrainer)` with
+    `spg_arguments_class` set to that trainer's arguments class with the SPG settings
+    (`@dataclass class MyArguments(SPGArguments, SomeTrainingArguments)`). The mixin overrides `compute_loss` around
+    the parent's own, so what the parent computes and logs (label smoothing, TRL's token accuracy, ...) stays.
 
-    `args` may be `SPGTrainingArguments`, a plain `TrainingArguments` (converted, SPG defaults added) or None (the
-    defaults). With `spg_enabled=False` it is `Trainer`, except for models whose forward takes `num_items_in_batch`
-    in `**kwargs` without dividing by it (`loss_divides_by_item_count`): Trainer would count their loss as scaled
-    for gradient accumulation and inflate the update by the accumulation steps (upstream issue #47688), so they are
-    trained as Trainer trains models without `**kwargs`: each micro-batch's mean, divided by the accumulation steps.
-    Models that divide by the count keep Trainer's normalisation over the whole accumulated batch.
+    It takes every argument the parent takes. `args` may carry the SPG settings, lack them (converted, SPG defaults
+    added) or be None (the defaults). With `spg_enabled=False` it is the parent trainer, except for models whose
+    forward takes `num_items_in_batch` in `**kwargs` without dividing by it (`loss_divides_by_item_count`): Trainer
+    would count their loss as scaled for gradient accumulation and inflate the update by the accumulation steps
+    (upstream issue #47688), so they are trained as Trainer trains models without `**kwargs`: each micro-batch's
+    mean, divided by the accumulation steps. Models that divide by the count keep Trainer's normalisation over the
+    whole accumulated batch.
+
+    A `PeftModel` trains with its adapter: the family is read from the adapted task model, the chain trains beside
+    the adapter, and the saved folder is PEFT's adapter folder.
     """
+
+    spg_arguments_class: type[SPGArguments] = SPGTrainingArguments
 
     USER_OPTIMIZER_ERROR = (
         "optimizers: SPG adds temporary parameters when training starts, so it needs the optimizer Trainer builds. "
@@ -399,7 +440,7 @@ class SPGTrainer(Trainer):
     def __init__(
         self, model: PreTrainedModel | nn.Module | None = None, args: TrainingArguments | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(model=model, args=as_spg_training_arguments(args), **kwargs)
+        super().__init__(model=model, args=as_spg_arguments(args, self.spg_arguments_class), **kwargs)
         self._user_optimizer = kwargs.get("optimizers", (None, None))[0] is not None
         self._spg_run: SPGChainRun | None = None
         self._warned_low_survival = False
@@ -412,13 +453,14 @@ class SPGTrainer(Trainer):
         ):
             self.model_accepts_loss_kwargs = False
         self._resolved_head: tuple[tuple, HeadFamily] | None = None
+        self._spg_settings_applied: dict[str, Any] = {}
         if self.args.spg_enabled:
             if self._user_optimizer:
                 raise ValueError(self.USER_OPTIMIZER_ERROR)
             if self.model is not None:
                 family = self._head_family()
                 if family is not None:
-                    self._check_spg_loss_settings(spg_objective(self.model, family))
+                    self._check_spg_loss_settings(spg_objective(unwrap_peft_model(self.model), family))
 
     def _head_family(self) -> HeadFamily | None:
         """The model's head family (`check_spg_support`), checked on the first training example, once per model and
@@ -429,9 +471,19 @@ class SPGTrainer(Trainer):
         if self._resolved_head is not None and self._resolved_head[0] == key:
             return self._resolved_head[1]
         example = self.train_dataset is not None and not self.is_deepspeed_enabled
-        family = check_spg_support(self.model, self.args, self._one_example_batch() if example else None)
+        family = check_spg_support(
+            unwrap_peft_model(self.model),
+            self.args,
+            self._one_example_batch() if example else None,
+            self._spg_family_form,
+        )
         if example:
             self._resolved_head = (key, family)
+        return family
+
+    def _spg_family_form(self, family: HeadFamily) -> HeadFamily:
+        """The form of the model's head family this trainer's forward reaches; a trainer whose forward reaches the
+        head another way (TRL's fused LM head) overrides it."""
         return family
 
     def _one_example_batch(self) -> dict[str, Any]:
@@ -482,6 +534,7 @@ class SPGTrainer(Trainer):
                     "example before training, which DeepSpeed's partitioned weights cannot run."
                 )
             self._spg_run = SPGChainRun(self.model, self.args, family)
+            self._spg_settings_applied = {"spg_normalize": self._spg_run.normalize}
             self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
             # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
@@ -491,7 +544,9 @@ class SPGTrainer(Trainer):
                 f"SPG: {len(self.args.spg_weights)} temporary modules (head family {self._spg_run.family.name}, "
                 f"chain on the {self._spg_run.family.reads}, "
                 f"{sum(p.numel() for p in self._spg_run.chain.parameters()):,} parameters), "
-                f"objective {self._spg_run.objective}."
+                f"objective {self._spg_run.objective}, spg_normalize={self._spg_run.normalize!r}"
+                + (" (the default for this task)" if self.args.spg_normalize is None else "")
+                + "."
             )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -532,17 +587,21 @@ class SPGTrainer(Trainer):
                 item_share = item_share * self._processes_sharing_item_count()
             weights = [weight * item_share for weight in weights]
         # The base term is exactly Trainer's loss (label smoothing with its shift, compute_loss_func, ...).
+        # Token-level terms come whole with the chain's result; asking for the outputs only when they are needed
+        # spares trainers that recompute them for return_outputs (TRL's fused LM head) a forward.
+        wants_outputs = return_outputs or not run.family.token_level
         with run.armed_call(model, inputs, targets) as chain_results:
-            base_loss, outputs = super().compute_loss(
-                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            base_loss = super().compute_loss(
+                model, inputs, return_outputs=wants_outputs, num_items_in_batch=num_items_in_batch
             )
+            base_loss, outputs = base_loss if wants_outputs else (base_loss, None)
         base_correct, module_terms, trajectories = run.terms(outputs, targets, chain_results)
         result = spg_loss(
             base_loss,
             base_correct,
             module_terms,
             weights,
-            self.args.spg_normalize,
+            run.normalize,
             self.args.spg_loss_normalization,
             trajectories,
         )
@@ -608,7 +667,7 @@ class SPGTrainer(Trainer):
     def _warn_if_few_tokens_survive(self, survival: float) -> None:
         if (
             self._spg_run.family.token_level
-            and self.args.spg_normalize == "survivors"
+            and self._spg_run.normalize == "survivors"
             and survival < LOW_TOKEN_SURVIVAL
             and not self._warned_low_survival
         ):
@@ -671,9 +730,10 @@ class SPGTrainer(Trainer):
         if isinstance(resume_from_checkpoint, str):
             defect = checkpoint_defect(resume_from_checkpoint)
             if defect is not None:
+                # Trainer's wording first: scripts and tests match on it.
                 raise ValueError(
-                    f"resume_from_checkpoint={resume_from_checkpoint!r} cannot be resumed from: {defect}. Pass an "
-                    "older checkpoint, or resume_from_checkpoint=True for the newest complete one in output_dir."
+                    f"Can't find a valid checkpoint at {resume_from_checkpoint}: {defect}. Pass an older checkpoint, "
+                    "or resume_from_checkpoint=True for the newest complete one in output_dir."
                 )
         return resume_from_checkpoint or None
 
@@ -747,4 +807,18 @@ class SPGTrainer(Trainer):
         super().create_model_card(tags=tags, **kwargs)
         if self.is_world_process_zero():
             card_path = Path(self.args.output_dir) / "README.md"
-            card_path.write_text(add_spg_sections(card_path.read_text(encoding="utf-8"), self.args), encoding="utf-8")
+            card = add_spg_sections(card_path.read_text(encoding="utf-8"), self.args, self._spg_settings_applied)
+            card_path.write_text(card, encoding="utf-8")
+
+
+class SPGTrainer(SPGTrainerMixin, Trainer):
+    """`Trainer` that trains with SPG when `args.spg_enabled` (`SPGTrainerMixin` says how); it takes every argument
+    `Trainer` takes."""
+
+
+class SPGSeq2SeqTrainer(SPGTrainerMixin, Seq2SeqTrainer):
+    """`Seq2SeqTrainer` that trains with SPG when `args.spg_enabled`: token-level SPG on the decoder's LM head of
+    encoder-decoder models (T5, BART, mBART, Marian, Whisper, ...: the `seq2seq_lm_head` family). Evaluation with
+    `predict_with_generate` and `predict()` are Seq2SeqTrainer's own; `args` are `SPGSeq2SeqTrainingArguments`."""
+
+    spg_arguments_class = SPGSeq2SeqTrainingArguments

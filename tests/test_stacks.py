@@ -1,0 +1,204 @@
+"""SPG in the stacks people fine-tune with: PEFT adapters (LoRA) and Seq2SeqTrainer. Each trains 3 SPG steps logging
+`spg/survival_1`, saves a folder with no chain keys that loads back with the stack's own loader and predicts as the
+trained model did, and with `spg_enabled=False` equals the stack's own trainer step for step. (TRL: test_trl.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+from conftest import SHORT_RUN, T5, losses, no_dropout, text_dataset, tiny_model, token_dataset
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+
+from spg_hf import SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, SPGTrainer, SPGTrainingArguments
+
+# ---- PEFT ----
+
+LORA_TASKS = {
+    # task class, LoRA task type, target modules, dataset
+    "sequence classification": ("BertForSequenceClassification", "SEQ_CLS", ["query", "value"], text_dataset),
+    "token classification": ("BertForTokenClassification", "TOKEN_CLS", ["query", "value"], token_dataset),
+    "causal LM": (
+        "LlamaForCausalLM",
+        "CAUSAL_LM",
+        ["q_proj", "v_proj"],
+        lambda: token_dataset(task="causal_lm"),
+    ),
+}
+
+
+def lora_model(task: str) -> PeftModel:
+    class_name, task_type, targets, _ = LORA_TASKS[task]
+    base = tiny_model(class_name, **no_dropout())
+    return get_peft_model(base, LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets))
+
+
+def base_model(task: str) -> transformers.PreTrainedModel:
+    return tiny_model(LORA_TASKS[task][0], **no_dropout())
+
+
+def predictions(model: torch.nn.Module, dataset: Dataset) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(dataset["input_ids"][:4])).logits
+
+
+@pytest.mark.parametrize("task", sorted(LORA_TASKS))
+def test_lora_trains_with_spg_and_saves_an_adapter_folder(tmp_path, task):
+    dataset = LORA_TASKS[task][3]()
+    model = lora_model(task)
+    args = SPGTrainingArguments(output_dir=str(tmp_path / "run"), **SHORT_RUN)
+    trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
+    # The chain trained beside the adapter; the frozen base weights did not move.
+    assert any(name.startswith("base_model") and "lora_" in name for name, _ in model.named_parameters())
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "adapter_model.safetensors"))
+    assert saved and not [name for name in saved if "spg" in name]
+    reloaded = PeftModel.from_pretrained(base_model(task), str(tmp_path / "saved"))
+    torch.testing.assert_close(predictions(reloaded, dataset), predictions(model, dataset))
+
+
+@pytest.mark.parametrize("task", sorted(LORA_TASKS))
+def test_lora_with_spg_disabled_equals_trainer(tmp_path, task):
+    dataset = LORA_TASKS[task][3]()
+    runs = []
+    for trainer_class, args in (
+        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
+        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), spg_enabled=False, **SHORT_RUN)),
+    ):
+        trainer = trainer_class(model=lora_model(task), args=args, train_dataset=dataset)
+        trainer.train()
+        runs.append(trainer)
+    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
+    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lora_resume_restores_the_chain(tmp_path):
+    dataset = token_dataset(task="causal_lm")
+    args = dict(SHORT_RUN, max_steps=4, save_steps=2, save_strategy="steps")
+    full = SPGTrainer(
+        model=lora_model("causal LM"), args=SPGTrainingArguments(output_dir=str(tmp_path / "a"), **args),
+        train_dataset=dataset,
+    )  # fmt: skip
+    full.train()
+    resumed = SPGTrainer(
+        model=lora_model("causal LM"), args=SPGTrainingArguments(output_dir=str(tmp_path / "a"), **args),
+        train_dataset=dataset,
+    )  # fmt: skip
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert losses(resumed)[-2:] == pytest.approx(losses(full)[-2:], rel=1e-5)
+
+
+# ---- Seq2SeqTrainer ----
+
+BART = dict(
+    vocab_size=99, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+    decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=1, bos_token_id=0,
+    eos_token_id=2, decoder_start_token_id=2, max_position_embeddings=64,
+)  # fmt: skip
+SEQ2SEQ = {
+    "T5ForConditionalGeneration": (transformers.T5Config, dict(T5, decoder_start_token_id=0, eos_token_id=1)),
+    "BartForConditionalGeneration": (transformers.BartConfig, BART),
+}
+
+
+def seq2seq_model(class_name: str) -> transformers.PreTrainedModel:
+    config_class, settings = SEQ2SEQ[class_name]
+    torch.manual_seed(0)
+    return getattr(transformers, class_name)(config_class(**settings, dropout_rate=0.0, dropout=0.0))
+
+
+def seq2seq_dataset(size: int = 16) -> Dataset:
+    """Targets that copy the first source tokens: learnable, so predictions get right and trajectories live."""
+    generator = torch.Generator().manual_seed(0)
+    sources = torch.randint(5, 99, (size, 10), generator=generator)
+    targets = sources[:, :5].clone()
+    targets[:, -1] = -100  # an ignored position, as padded labels are
+    return Dataset.from_dict({"input_ids": sources.tolist(), "labels": targets.tolist()})
+
+
+def exact_match(prediction: transformers.EvalPrediction) -> dict[str, float]:
+    return {"generated_tokens": float(prediction.predictions.shape[1])}
+
+
+@pytest.mark.parametrize("class_name", sorted(SEQ2SEQ))
+def test_seq2seq_trains_with_spg_and_evaluates_with_generate(tmp_path, class_name):
+    model = seq2seq_model(class_name)
+    args = SPGSeq2SeqTrainingArguments(
+        output_dir=str(tmp_path / "run"), predict_with_generate=True, generation_max_length=6, **SHORT_RUN
+    )
+    dataset = seq2seq_dataset()
+    trainer = SPGSeq2SeqTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, compute_metrics=exact_match
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
+    assert trainer._spg_settings_applied == {"spg_normalize": "batch"}  # the token-level default
+    metrics = trainer.evaluate()
+    assert metrics["eval_generated_tokens"] > 0 and "eval_loss" in metrics  # generate() ran
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert not [name for name in saved if "spg" in name]
+    _, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+@pytest.mark.parametrize("class_name", sorted(SEQ2SEQ))
+def test_seq2seq_with_spg_disabled_equals_seq2seq_trainer(tmp_path, class_name):
+    runs = []
+    for trainer_class, args_class, extra in (
+        (Seq2SeqTrainer, Seq2SeqTrainingArguments, {}),
+        (SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, {"spg_enabled": False}),
+    ):
+        args = args_class(output_dir=str(tmp_path / trainer_class.__name__), **SHORT_RUN, **extra)
+        trainer = trainer_class(model=seq2seq_model(class_name), args=args, train_dataset=seq2seq_dataset())
+        trainer.train()
+        runs.append(trainer)
+    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
+    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_spg_trainer_names_the_trainer_for_seq2seq_arguments(tmp_path):
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), predict_with_generate=True)
+    with pytest.raises(TypeError, match="SPGSeq2SeqTrainer for Seq2SeqTrainingArguments"):
+        SPGTrainer(model=seq2seq_model("T5ForConditionalGeneration"), args=args, train_dataset=seq2seq_dataset())
+    converted = SPGSeq2SeqTrainer(model=seq2seq_model("T5ForConditionalGeneration"), args=args)
+    assert isinstance(converted.args, SPGSeq2SeqTrainingArguments) and converted.args.predict_with_generate
+
+
+# ---- defaults and messages shared by every stack ----
+
+
+def test_spg_normalize_defaults_by_task_unless_set(tmp_path):
+    cases = [
+        ("BertForSequenceClassification", text_dataset(), None, "survivors"),
+        ("BertForTokenClassification", token_dataset(), None, "batch"),
+        ("LlamaForCausalLM", token_dataset(task="causal_lm"), None, "batch"),
+        ("LlamaForCausalLM", token_dataset(task="causal_lm"), "survivors", "survivors"),
+    ]
+    for class_name, dataset, setting, applied in cases:
+        args = SPGTrainingArguments(output_dir=str(tmp_path / class_name), spg_normalize=setting, **SHORT_RUN)
+        trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset)
+        trainer.train()
+        assert trainer._spg_settings_applied == {"spg_normalize": applied}, class_name
+        trainer.create_model_card()
+        assert f"- spg_normalize: {applied}" in (tmp_path / class_name / "README.md").read_text()
+
+
+def test_a_missing_checkpoint_keeps_trainers_message(tmp_path):
+    trainer = SPGTrainer(
+        model=tiny_model("BertForSequenceClassification"),
+        args=SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN),
+        train_dataset=text_dataset(),
+    )
+    with pytest.raises(ValueError, match=f"Can't find a valid checkpoint at {tmp_path}/nowhere"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "nowhere"))
