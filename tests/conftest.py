@@ -95,6 +95,8 @@ TINY_CONFIGS = {
     "DistilBertForQuestionAnswering": (transformers.DistilBertConfig, DISTILBERT),
     "LlamaForQuestionAnswering": (transformers.LlamaConfig, DECODER),
     "BigBirdForQuestionAnswering": (transformers.BigBirdConfig, dict(TEXT, attention_type="original_full")),
+    "T5ForConditionalGeneration": (transformers.T5Config, dict(T5, decoder_start_token_id=0)),
+    "BartForConditionalGeneration": (transformers.BartConfig, BART),
     "BertForTokenClassification": (transformers.BertConfig, TEXT),
     "RobertaForTokenClassification": (transformers.RobertaConfig, TEXT),
     "DistilBertForTokenClassification": (transformers.DistilBertConfig, DISTILBERT),

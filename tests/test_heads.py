@@ -42,6 +42,7 @@ AUTO_CLASSES = {
     "LMHeadModel": transformers.AutoModelForCausalLM,
     "ForImageClassification": transformers.AutoModelForImageClassification,
     "ForSequenceClassification": transformers.AutoModelForSequenceClassification,
+    "ForConditionalGeneration": transformers.AutoModelForSeq2SeqLM,
 }
 AUDIO_AUTO_CLASS = transformers.AutoModelForAudioClassification
 
@@ -75,6 +76,8 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
     input_ids = torch.randint(5, 99, (3, 10))
     if task_of(model) == "multiple_choice":
         return {"input_ids": torch.randint(5, 99, (3, CHOICES, 10))}
+    if task_of(model) == "seq2seq_lm":
+        return {"input_ids": input_ids, "decoder_input_ids": torch.randint(5, 99, (3, 6))}
     if model.config.is_encoder_decoder:
         return {"input_ids": torch.cat([input_ids[:, :-1], torch.full((3, 1), EOS_TOKEN)], dim=1)}
     attention_mask = torch.ones(3, 10, dtype=torch.long)
