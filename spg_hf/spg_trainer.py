@@ -218,16 +218,21 @@ class SPGChainRun:
         """Per position of the targets, whether the model's own prediction is the target: the argmax of its
         logits, or where it builds none (TRL's fused LM head) its `is_top1`, scored for the next token and so one
         position short of the unshifted length."""
-        targets = self.targets
         if isinstance(output, torch.Tensor) or output.get("logits") is not None:
             logits = output if isinstance(output, torch.Tensor) else output["logits"]
             # argmax over every position: indexing the [positions, vocabulary] logits first would copy them.
-            return logits.detach().argmax(-1) == targets.to(logits.device)
+            return logits.detach().argmax(-1) == self.targets_over(logits.shape[-2]).to(logits.device)
         is_top1 = output["is_top1"].detach().bool()
-        return F.pad(is_top1, (0, targets.shape[-1] - is_top1.shape[-1]))
+        return F.pad(is_top1, (0, self.targets.shape[-1] - is_top1.shape[-1]))
+
+    def targets_over(self, length: int) -> torch.Tensor:
+        """The per-position targets over the `length` positions the model ran: positions it prepended (PEFT's
+        prompt-learning virtual tokens) are no trajectories."""
+        prepended = length - self.targets.shape[-1]
+        return F.pad(self.targets, (prepended, 0), value=IGNORE_INDEX) if prepended > 0 else self.targets
 
     def _token_level_terms(self, captured: torch.Tensor, predicted_right: torch.Tensor) -> tuple[torch.Tensor, list]:
-        targets = self.targets.reshape(-1).to(captured.device)
+        targets = self.targets_over(captured.shape[-2]).reshape(-1).to(captured.device)
         positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
         targets = targets[positions]
         base_correct = predicted_right.reshape(-1).to(captured.device)[positions]

@@ -10,7 +10,7 @@ import torch
 import transformers
 from conftest import SHORT_RUN, T5, losses, no_dropout, text_dataset, tiny_model, token_dataset
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from spg_hf import SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, SPGTrainer, SPGTrainingArguments
@@ -202,3 +202,26 @@ def test_a_missing_checkpoint_keeps_trainers_message(tmp_path):
     )
     with pytest.raises(ValueError, match=f"Can't find a valid checkpoint at {tmp_path}/nowhere"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "nowhere"))
+
+
+OTHER_ADAPTERS = {
+    "IA3": ("BertForSequenceClassification", text_dataset, lambda: IA3Config(task_type="SEQ_CLS")),
+    "LoHa": ("BertForSequenceClassification", text_dataset, lambda: LoHaConfig(task_type="SEQ_CLS", r=4)),
+    # Virtual tokens prepended to the sequence: positions without labels, so no trajectories.
+    "prompt tuning": (
+        "LlamaForCausalLM",
+        lambda: token_dataset(task="causal_lm"),
+        lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    ),
+}
+
+
+@pytest.mark.parametrize("adapter", sorted(OTHER_ADAPTERS))
+def test_other_peft_adapters_train_with_spg(tmp_path, adapter):
+    class_name, dataset, config = OTHER_ADAPTERS[adapter]
+    model = get_peft_model(tiny_model(class_name, **no_dropout()), config())
+    args = SPGTrainingArguments(output_dir=str(tmp_path / "run"), **SHORT_RUN)
+    trainer = SPGTrainer(model=model, args=args, train_dataset=dataset())
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
