@@ -1,4 +1,4 @@
-"""Sequential Policy Gradient: the temporary module chain and the loss (SPG.md, equations in order).
+"""Sequential Policy Gradient: the temporary module chain and the loss (the paper's equations in order, arXiv 2506.15051).
 
 Module t maps h_{t-1} to h_t = d_t + W_t d_t + b_t with d_t = Dropout_p(h_{t-1}) and W_t, b_t zero-initialised,
 and every h_t goes through the model's own (shared) head. Example i survives to module t while every earlier
@@ -8,7 +8,9 @@ prediction was correct:
     L = mean_i CE_0(i) + sum_t lambda_t sum_i M_{t-1}(i) CE_t(i) / (sum_i M_{t-1}(i) + eps)      ("survivors")
 
 or with the denominator replaced by the batch size ("batch"). At the token level (token classification, masked and
-causal language modelling) every labelled position is a trajectory: i runs over positions, not examples.
+causal language modelling) every labelled position is a trajectory: i runs over positions, not examples. In CTC
+speech recognition an utterance is a trajectory (its state is every frame), correct while greedy decoding gets at
+least half of its target tokens right at their positions (`ctc_correct`).
 In REINFORCE terms the action is the label, the
 policy is the shared head's distribution and the binary return is M; the masked cross-entropy is exactly the
 policy-gradient estimator.
@@ -29,7 +31,26 @@ SURVIVOR_EPS = 1e-8
 TOKEN_CHUNK = 1024
 
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CTCTargets:
+    """What a CTC model's loss reads besides the logits: the labels (padded with -100 or the blank), the number of
+    valid frames of each utterance, and the model's own CTC settings."""
+
+    labels: torch.Tensor  # [batch, label length]
+    frame_lengths: torch.Tensor  # [batch]
+    blank: int
+    reduction: str  # the model's ctc_loss_reduction: "mean" or "sum"
+    zero_infinity: bool
+    ignore_index: int = -100
+
+    def token_mask(self) -> torch.Tensor:
+        """Which label positions are target tokens, as transformers' CTC loss reads them."""
+        return (self.labels != self.ignore_index) & (self.labels != self.blank)
+
+
+Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | CTCTargets
 
 
 class TRPModule(nn.Module):
@@ -65,6 +86,63 @@ class TRPChain(nn.Module):
         return outputs
 
 
+def ctc_correct(logits: torch.Tensor, targets: CTCTargets) -> torch.Tensor:
+    """Per utterance, the authors' CTC survival rule: greedy decoding of the logits (argmax on each valid frame,
+    repeats collapsed, blanks dropped) gets at least half of the target tokens right at their positions
+    (decoded[i] == target[i] for i < len(target)). An utterance with no target tokens is right when nothing is
+    decoded (the rule's share is 0 / 0 there)."""
+    frames = logits.argmax(-1)  # [batch, frames]
+    labels = targets.labels.to(frames.device)
+    token_mask = targets.token_mask().to(frames.device)
+    batch, length = frames.shape
+    valid = torch.arange(length, device=frames.device) < targets.frame_lengths.to(frames.device)[:, None]
+    starts_a_run = F.pad(frames[:, 1:] != frames[:, :-1], (1, 0), value=True)
+    emitted = valid & starts_a_run & (frames != targets.blank)
+    # Decoded tokens and target tokens, each left-aligned in a row of `width`; index `width` takes the rest.
+    width = max(length, labels.shape[1])
+    decoded = frames.new_full((batch, width + 1), -1)
+    decoded.scatter_(1, torch.where(emitted, emitted.long().cumsum(1) - 1, width), frames)
+    target = labels.new_full((batch, width + 1), -2)
+    target.scatter_(1, torch.where(token_mask, token_mask.long().cumsum(1) - 1, width), labels)
+    right = (decoded[:, :width] == target[:, :width]).sum(1)
+    total = token_mask.sum(1)
+    return torch.where(total > 0, 2 * right >= total, ~emitted.any(1))
+
+
+def ctc_terms(logits: torch.Tensor, targets: CTCTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per utterance, the model's own CTC loss (its blank and zero_infinity, as transformers' `ForCTCLoss` computes
+    it with reduction 'none') and `ctc_correct`.
+
+    spg_loss averages the per-example terms over the batch (or the survivors), so each utterance's term is scaled
+    to make a module term over a batch in which every utterance is alive equal the model's own loss on that module's
+    logits: reduction 'mean' divides each utterance's loss by its target length (as torch's ctc_loss does before
+    its batch mean), reduction 'sum' multiplies it by the number of utterances (the batch mean times the batch size
+    is the sum). Survivors then count with the weight the model's loss gives them."""
+    token_mask = targets.token_mask().to(logits.device)
+    labels = targets.labels.to(logits.device)
+    target_lengths = token_mask.sum(-1)
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+    with torch.backends.cudnn.flags(enabled=False):
+        losses = F.ctc_loss(
+            log_probs,
+            labels.masked_select(token_mask),
+            targets.frame_lengths.to(logits.device),
+            target_lengths,
+            blank=targets.blank,
+            reduction="none",
+            zero_infinity=targets.zero_infinity,
+        )
+    if targets.reduction == "mean":
+        losses = losses / target_lengths.clamp(min=1)
+    elif targets.reduction == "sum":
+        losses = losses * losses.numel()
+    else:
+        raise ValueError(
+            f"SPG does not know ctc_loss_reduction={targets.reduction!r} (the model's loss takes 'mean' or 'sum')."
+        )
+    return losses, ctc_correct(logits, targets)
+
+
 def per_example_terms(
     objective: str, logits: Logits, targets: Targets, regression_tolerance: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +150,8 @@ def per_example_terms(
 
     objective: "classification" (argmax == label), "regression" (|prediction - label| <= tolerance, squared error
     as the loss), "multi_label" (every label right, sigmoid > 0.5 against the 0/1 label; the mean binary
-    cross-entropy over the labels, as the model's own loss takes it) or "question_answering" (start and end argmax
-    both right, mean of start and end cross-entropy).
+    cross-entropy over the labels, as the model's own loss takes it), "question_answering" (start and end argmax
+    both right, mean of start and end cross-entropy) or "ctc" (one utterance per example, `ctc_terms`).
     """
     if objective == "classification":
         logits = logits.float()
@@ -96,6 +174,8 @@ def per_example_terms(
             losses.append(F.cross_entropy(position_logits, positions, ignore_index=ignored_index, reduction="none"))
             hits.append(position_logits.argmax(-1) == positions)
         return (losses[0] + losses[1]) / 2, hits[0] & hits[1]
+    if objective == "ctc":
+        return ctc_terms(logits, targets)
     raise ValueError(f"Unknown SPG objective {objective!r}.")
 
 

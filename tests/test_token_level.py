@@ -29,7 +29,7 @@ def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
 
 
 def hand_loss(model, chain, inputs: dict, targets: torch.Tensor, normalize: str) -> torch.Tensor:
-    """SPG.md's loss written out per position over the full sequence, no shortcut: CE_0 mean over the labelled
+    """The paper's loss written out per position over the full sequence, no shortcut: CE_0 mean over the labelled
     positions, then each module on every position, masked by the survivors."""
     with torch.no_grad():
         hidden = model.base_model(input_ids=inputs["input_ids"])[0]
