@@ -1,4 +1,5 @@
-"""Sequential Policy Gradient: the temporary module chain and the loss (the paper's equations in order, arXiv 2506.15051).
+"""Sequential Policy Gradient: the temporary module chain and the loss (the paper's equations in order, arXiv
+2506.15051).
 
 Module t maps h_{t-1} to h_t = d_t + W_t d_t + b_t with d_t = Dropout_p(h_{t-1}) and W_t, b_t zero-initialised,
 and every h_t goes through the model's own (shared) head. Example i survives to module t while every earlier
