@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from spg_hf.spg import CTCTargets
+
 HeadFn = Callable[[PreTrainedModel, torch.Tensor, dict[str, Any]], Any]
 
 # Task classes by the suffix of their class name (searched along the class hierarchy, so subclasses keep their task).
@@ -38,6 +40,7 @@ TASK_SUFFIXES = {
     "ForCausalLM": "causal_lm",
     "LMHeadModel": "causal_lm",
     "ForConditionalGeneration": "seq2seq_lm",  # encoder-decoder models only (task_of)
+    "ForCTC": "ctc",  # speech recognition: one utterance per example, its state every frame
 }
 NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
 IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
@@ -245,6 +248,10 @@ def _lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]
     return logits
 
 
+def _frame_lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.lm_head(state)
+
+
 def _vocab_projector_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(state))))
 
@@ -362,6 +369,16 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _frame_pooling_head,
         READS_ALL,
         capture="projector",
+    ),
+    HeadFamily(
+        "ctc_lm_head",
+        "ctc",
+        "a linear `lm_head` on every frame state (after the model's own dropout); an utterance survives while greedy "
+        "CTC decoding of its logits gets at least half of its target tokens right at their positions",
+        lambda m: _has_linear(m, "lm_head") and hasattr(m, "_get_feat_extract_output_lengths"),
+        _frame_lm_head,
+        READS_ALL,
+        capture="lm_head",
     ),
     HeadFamily(
         "timm_classifier",
@@ -554,6 +571,26 @@ def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> to
         next_starts_a_sequence = F.pad(position_ids[..., 1:] == 0, (0, 1), value=True)
         targets = targets.masked_fill(next_starts_a_sequence, IGNORE_INDEX)
     return targets
+
+
+def ctc_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> CTCTargets:
+    """The labels of a CTC model's batch and, per utterance, the frames its loss reads, as its forward computes them:
+    the feature encoder's output length for the attention mask's sum (the whole input without a mask); blank,
+    reduction and zero_infinity from its config."""
+    features = inputs[model.main_input_name]
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
+    else:
+        lengths = attention_mask.sum(-1)
+    config = model.config
+    return CTCTargets(
+        inputs["labels"],
+        model._get_feat_extract_output_lengths(lengths).to(torch.long),
+        config.pad_token_id,
+        config.ctc_loss_reduction,
+        config.ctc_zero_infinity,
+    )
 
 
 def task_of(model: nn.Module) -> str | None:

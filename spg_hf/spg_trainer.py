@@ -47,6 +47,7 @@ from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import (
     IGNORE_INDEX,
     HeadFamily,
+    ctc_targets,
     head_family_for,
     named_head_family,
     token_targets,
@@ -77,12 +78,12 @@ ONE_LABEL_FROM_PROGRESS = 0.75
 
 
 def spg_objective(model: nn.Module, family: HeadFamily) -> str:
-    """'classification', 'regression', 'multi_label' or 'question_answering' for this model, as its own loss would
-    decide (a model whose config leaves problem_type unset sets it in its first forward with labels)."""
+    """'classification', 'regression', 'multi_label', 'question_answering' or 'ctc' for this model, as its own loss
+    would decide (a model whose config leaves problem_type unset sets it in its first forward with labels)."""
     if family.objective is not None:
         return family.objective
-    if family.task == "question_answering":
-        return "question_answering"
+    if family.task in ("question_answering", "ctc"):
+        return family.task
     if family.token_level or family.task == "multiple_choice":
         return "classification"  # of every labelled position, or among the choices
     problem_type = model.config.problem_type
@@ -295,6 +296,8 @@ class SPGChainRun:
     def targets_of(self, inputs: dict[str, Any]) -> Any:
         if self.objective == "question_answering":
             return inputs["start_positions"], inputs["end_positions"]
+        if self.objective == "ctc":
+            return ctc_targets(self.model, inputs)
         if self.family.token_level:
             return token_targets(self.family.task, inputs, inputs["labels"])
         return inputs["labels"]

@@ -28,8 +28,9 @@ def one_model_per_family() -> dict[str, tuple[str, dict]]:
     chosen: dict[str, tuple[str, dict]] = {}
     for name, overrides in candidates:
         chosen.setdefault(head_family_for(build(name, **overrides)).name, (name, overrides))
-    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README).
-    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier"}
+    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README). The CTC
+    # models are built in tests/test_ctc.py, which checks their base term against Trainer's loss.
+    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier", "ctc_lm_head"}
     return chosen
 
 

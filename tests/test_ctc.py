@@ -1,0 +1,217 @@
+"""CTC speech recognition (`...ForCTC`, family `ctc_lm_head`): an utterance is a trajectory, alive while greedy CTC
+decoding gets at least half of its target tokens right at their positions; its module terms are the model's own CTC
+loss per utterance. The shared head reproduces the logits, SPG trains and saves a plain folder, SPG off is Trainer.
+
+The tiny CTC models are built here (not in conftest.TINY_CONFIGS, whose classes the README table lists)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+from conftest import AUDIO, SHORT_RUN, WAVEFORM_SAMPLES
+from datasets import Dataset
+from test_core_integrations import ChainWatcher, assert_chain_trained
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.heads import ctc_targets, head_family_for, verify_head
+from spg_hf.spg import CTCTargets, ctc_correct, per_example_terms, spg_loss
+from spg_hf.spg_trainer import spg_objective
+
+VOCAB = 12  # token 0 is the pad token, CTC's blank
+MAX_LABELS = 6
+CTC_CONFIGS = {
+    "Wav2Vec2ForCTC": (transformers.Wav2Vec2Config, dict(AUDIO, vocab_size=VOCAB)),
+    "HubertForCTC": (transformers.HubertConfig, dict(AUDIO, vocab_size=VOCAB)),
+}
+CLASSES = sorted(CTC_CONFIGS)
+
+
+def build(class_name: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
+    config_class, settings = CTC_CONFIGS[class_name]
+    torch.manual_seed(seed)
+    return getattr(transformers, class_name)(config_class(**(settings | overrides)))
+
+
+def ctc_dataset(size: int = 16, seed: int = 0) -> Dataset:
+    """Random waveforms, half of them padded (attention mask 0 over the tail), with 2 to MAX_LABELS target tokens
+    each, padded with -100."""
+    generator = torch.Generator().manual_seed(seed)
+    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator)
+    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
+    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
+    tokens = torch.randint(1, VOCAB, (size, MAX_LABELS), generator=generator)
+    lengths = torch.randint(2, MAX_LABELS + 1, (size, 1), generator=generator)
+    labels = tokens.masked_fill(torch.arange(MAX_LABELS) >= lengths, -100)
+    return Dataset.from_dict(
+        {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
+    )
+
+
+def batch(size: int = 3) -> dict:
+    rows = ctc_dataset(size)[:size]
+    return {name: torch.tensor(values) for name, values in rows.items()}
+
+
+def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
+    return SPGTrainingArguments(output_dir=output_dir, **(SHORT_RUN | overrides))
+
+
+def one_hot_frames(frames: list[list[int]]) -> torch.Tensor:
+    """Logits whose argmax on each frame is the given token."""
+    return nn.functional.one_hot(torch.tensor(frames), VOCAB).float() * 5
+
+
+# ---- the survival rule and the module terms, by hand ----
+
+
+def test_survival_on_a_constructed_batch():
+    B = 0  # blank
+    frames = [
+        # target [1, 2, 3]: decodes to 1 2 3 (repeats collapsed, blanks dropped): all right.
+        [1, 1, B, 2, B, 3, 3, B],
+        # target [1, 2, 3, 4, 5, 6]: decodes to 1 2 9 9 (2 of 6 right, a third). The frames past its length would
+        # decode a right 5 and 6 (4 of 6) if they counted.
+        [1, B, 2, 9, B, 9, 5, 6],
+        # target [4, 5, 6, 7]: decodes to 4 8 6 (2 of 4 right: exactly half).
+        [4, 4, 8, 8, 6, B, B, B],
+    ]
+    labels = torch.tensor([[1, 2, 3, -100, -100, -100], [1, 2, 3, 4, 5, 6], [4, 5, 6, 7, 0, -100]])
+    targets = CTCTargets(labels, torch.tensor([8, 6, 8]), blank=0, reduction="mean", zero_infinity=False)
+    assert ctc_correct(one_hot_frames(frames), targets).tolist() == [True, False, True]
+    # All frames valid: utterance 2 gets 4 of 6 right.
+    whole = CTCTargets(labels, torch.tensor([8, 8, 8]), blank=0, reduction="mean", zero_infinity=False)
+    assert ctc_correct(one_hot_frames(frames), whole).tolist() == [True, True, True]
+
+
+def test_an_utterance_without_target_tokens_is_right_when_nothing_is_decoded():
+    labels = torch.tensor([[-100, -100], [0, -100]])
+    targets = CTCTargets(labels, torch.tensor([4, 4]), blank=0, reduction="mean", zero_infinity=False)
+    assert ctc_correct(one_hot_frames([[0, 0, 0, 0], [0, 3, 0, 0]]), targets).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_module_terms_average_to_the_models_ctc_loss(reduction):
+    """Over a batch in which every utterance is alive, a module term is the model's own CTC loss on its logits."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 10, VOCAB)
+    labels = torch.tensor([[1, 2, 3, -100], [4, 4, 5, 6], [7, 0, -100, -100]])
+    lengths = torch.tensor([10, 7, 9])
+    targets = CTCTargets(labels, lengths, blank=0, reduction=reduction, zero_infinity=True)
+    losses, _ = per_example_terms("ctc", logits, targets, 0.5)
+    own = transformers.loss.loss_ctc.ForCTCLoss(logits, labels, lengths, 0, reduction=reduction, zero_infinity=True)
+    torch.testing.assert_close(losses.mean(), own)
+    result = spg_loss(torch.tensor(0.0), torch.ones(3, dtype=torch.bool), [(losses, losses > -1)], [1.0], "batch")
+    torch.testing.assert_close(result.loss, own)
+
+
+# ---- the family ----
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_family_and_objective(class_name):
+    model = build(class_name)
+    family = head_family_for(model)
+    assert (family.name, family.task, spg_objective(model, family)) == ("ctc_lm_head", "ctc", "ctc")
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_shared_head_reproduces_the_logits_in_eval_mode(class_name):
+    model = build(class_name)
+    family = head_family_for(model)
+    inputs = batch()
+    verify_head(model, family, inputs)
+    captured = []
+    handle = family.register_capture(model, captured.append)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**inputs)
+        shared = family.head(model, family.select(model, captured[0], inputs), inputs)
+    handle.remove()
+    torch.testing.assert_close(shared, outputs.logits)
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_targets_read_the_frames_the_models_loss_reads(class_name):
+    model = build(class_name).eval()
+    inputs = batch()
+    targets = ctc_targets(model, inputs)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert targets.frame_lengths.tolist()[0] < outputs.logits.shape[1] == targets.frame_lengths.tolist()[1]
+    losses, _ = per_example_terms("ctc", outputs.logits, targets, 0.5)
+    torch.testing.assert_close(losses.mean(), outputs.loss)
+    without_mask = ctc_targets(model, {"input_values": inputs["input_values"], "labels": inputs["labels"]})
+    assert without_mask.frame_lengths.tolist() == [outputs.logits.shape[1]] * 3
+
+
+# ---- training ----
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
+    model = build(class_name)
+    trainer = SPGTrainer(model=model, args=training_args(str(tmp_path / "run")), train_dataset=ctc_dataset())
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
+    assert all(math.isfinite(log["loss"]) and math.isfinite(log["spg/loss_1"]) for log in logs)
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert not [name for name in saved if "spg" in name]
+    loaded, info = transformers.AutoModelForCTC.from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
+    assert type(loaded) is type(model)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_base_term_is_trainers_loss(tmp_path):
+    first_losses = []
+    settings = SHORT_RUN | dict(max_steps=1)
+    for trainer_class, args in (
+        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **settings)),
+        (SPGTrainer, SPGTrainingArguments(str(tmp_path / "spg"), spg_weights=[0.0], spg_dropout=0.0, **settings)),
+    ):
+        model = build("Wav2Vec2ForCTC", layerdrop=0.0, hidden_dropout=0.0, final_dropout=0.0)
+        trainer = trainer_class(model=model, args=args, train_dataset=ctc_dataset())
+        trainer.train()
+        first_losses.append([log["loss"] for log in trainer.state.log_history if "loss" in log][0])
+    assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_disabled_spg_equals_trainer(tmp_path, class_name):
+    runs = []
+    for trainer_class, args in (
+        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
+        (SPGTrainer, training_args(str(tmp_path / "spg"), spg_enabled=False)),
+    ):
+        model = build(class_name)
+        trainer = trainer_class(model=model, args=args, train_dataset=ctc_dataset())
+        trainer.train()
+        runs.append(trainer)
+    losses = [[log["loss"] for log in trainer.state.log_history if "loss" in log] for trainer in runs]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_utterances_decoded_right_survive_and_train_the_chain(tmp_path):
+    """Every utterance's target is the token 5 and the head predicts 5 on every frame: greedy decoding gives 5,
+    so every utterance reaches every module and the chain trains."""
+    model = build("Wav2Vec2ForCTC")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.01)
+        model.lm_head.bias.zero_()[5] = 10.0
+    dataset = ctc_dataset().map(lambda row: {"labels": [5] + [-100] * (MAX_LABELS - 1)})
+    watcher = ChainWatcher()
+    args = training_args(str(tmp_path), max_steps=1, spg_activation="none")
+    trainer = SPGTrainer(model=model, args=args, train_dataset=dataset, callbacks=[watcher])
+    trainer.train()
+    log = next(log for log in trainer.state.log_history if "loss" in log)
+    assert [log[f"spg/survival_{t}"] for t in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    assert_chain_trained(watcher)
