@@ -55,6 +55,9 @@ IMAGE_SIZE = 32
 VIT = dict(TEXT, image_size=IMAGE_SIZE, patch_size=8, vocab_size=None)
 STAGES = dict(hidden_sizes=[8, 16], depths=[1, 1])
 
+CTC_VOCABULARY = 12  # token 0 is the pad token, CTC's blank
+CTC_MAX_LABELS = 6
+
 # Every task class the head-family tests cover: config class and tiny settings.
 TINY_CONFIGS = {
     "BertForSequenceClassification": (transformers.BertConfig, TEXT),
@@ -95,6 +98,8 @@ TINY_CONFIGS = {
     "DistilBertForQuestionAnswering": (transformers.DistilBertConfig, DISTILBERT),
     "LlamaForQuestionAnswering": (transformers.LlamaConfig, DECODER),
     "BigBirdForQuestionAnswering": (transformers.BigBirdConfig, dict(TEXT, attention_type="original_full")),
+    "Wav2Vec2ForCTC": (transformers.Wav2Vec2Config, dict(AUDIO, vocab_size=CTC_VOCABULARY)),
+    "HubertForCTC": (transformers.HubertConfig, dict(AUDIO, vocab_size=CTC_VOCABULARY)),
     "T5ForConditionalGeneration": (transformers.T5Config, dict(T5, decoder_start_token_id=0)),
     "BartForConditionalGeneration": (transformers.BartConfig, BART),
     "BertForTokenClassification": (transformers.BertConfig, TEXT),
@@ -206,6 +211,21 @@ def audio_dataset(size: int = 16, seed: int = 0) -> Dataset:
     mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
     mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
     labels = (scale.view(-1) * 1.5).long().clamp(max=2)
+    return Dataset.from_dict(
+        {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
+    )
+
+
+def ctc_dataset(size: int = 16, seed: int = 0) -> Dataset:
+    """Random waveforms, half of them padded (attention mask 0 over the tail), with 2 to CTC_MAX_LABELS target
+    tokens each, padded with -100."""
+    generator = torch.Generator().manual_seed(seed)
+    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator)
+    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
+    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
+    tokens = torch.randint(1, CTC_VOCABULARY, (size, CTC_MAX_LABELS), generator=generator)
+    lengths = torch.randint(2, CTC_MAX_LABELS + 1, (size, 1), generator=generator)
+    labels = tokens.masked_fill(torch.arange(CTC_MAX_LABELS) >= lengths, -100)
     return Dataset.from_dict(
         {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
     )

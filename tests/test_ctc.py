@@ -12,8 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import AUDIO, SHORT_RUN, WAVEFORM_SAMPLES
-from datasets import Dataset
+from conftest import AUDIO, CTC_MAX_LABELS, CTC_VOCABULARY, SHORT_RUN, ctc_dataset
 from test_core_integrations import ChainWatcher, assert_chain_trained
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -23,8 +22,8 @@ from spg_hf.heads import ctc_targets, head_family_for, verify_head
 from spg_hf.spg import CTCTargets, ctc_correct, per_example_terms, spg_loss
 from spg_hf.spg_trainer import spg_objective
 
-VOCAB = 12  # token 0 is the pad token, CTC's blank
-MAX_LABELS = 6
+VOCAB = CTC_VOCABULARY
+MAX_LABELS = CTC_MAX_LABELS
 CTC_CONFIGS = {
     "Wav2Vec2ForCTC": (transformers.Wav2Vec2Config, dict(AUDIO, vocab_size=VOCAB)),
     "HubertForCTC": (transformers.HubertConfig, dict(AUDIO, vocab_size=VOCAB)),
@@ -36,21 +35,6 @@ def build(class_name: str, seed: int = 0, **overrides) -> transformers.PreTraine
     config_class, settings = CTC_CONFIGS[class_name]
     torch.manual_seed(seed)
     return getattr(transformers, class_name)(config_class(**(settings | overrides)))
-
-
-def ctc_dataset(size: int = 16, seed: int = 0) -> Dataset:
-    """Random waveforms, half of them padded (attention mask 0 over the tail), with 2 to MAX_LABELS target tokens
-    each, padded with -100."""
-    generator = torch.Generator().manual_seed(seed)
-    waves = torch.randn(size, WAVEFORM_SAMPLES, generator=generator)
-    mask = torch.ones(size, WAVEFORM_SAMPLES, dtype=torch.long)
-    mask[::2, WAVEFORM_SAMPLES // 2 :] = 0
-    tokens = torch.randint(1, VOCAB, (size, MAX_LABELS), generator=generator)
-    lengths = torch.randint(2, MAX_LABELS + 1, (size, 1), generator=generator)
-    labels = tokens.masked_fill(torch.arange(MAX_LABELS) >= lengths, -100)
-    return Dataset.from_dict(
-        {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
-    )
 
 
 def batch(size: int = 3) -> dict:

@@ -19,6 +19,7 @@ from conftest import (
     TINY_CONFIGS,
     audio_dataset,
     choice_dataset,
+    ctc_dataset,
     eos_text_dataset,
     image_dataset,
     qa_dataset,
@@ -43,6 +44,7 @@ AUTO_CLASSES = {
     "ForImageClassification": transformers.AutoModelForImageClassification,
     "ForSequenceClassification": transformers.AutoModelForSequenceClassification,
     "ForConditionalGeneration": transformers.AutoModelForSeq2SeqLM,
+    "ForCTC": transformers.AutoModelForCTC,
 }
 AUDIO_AUTO_CLASS = transformers.AutoModelForAudioClassification
 
@@ -88,6 +90,8 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
 
 
 def train_dataset(model: transformers.PreTrainedModel):
+    if task_of(model) == "ctc":
+        return ctc_dataset()
     if task_of(model) == "question_answering":
         return qa_dataset()
     if task_of(model) in TOKEN_LEVEL_TASKS:
@@ -100,7 +104,7 @@ def train_dataset(model: transformers.PreTrainedModel):
 
 
 def auto_class(model: transformers.PreTrainedModel):
-    if model.main_input_name == "input_values":
+    if model.main_input_name == "input_values" and task_of(model) != "ctc":
         return AUDIO_AUTO_CLASS
     return next(auto for suffix, auto in AUTO_CLASSES.items() if type(model).__name__.endswith(suffix))
 

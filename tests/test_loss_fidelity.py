@@ -28,9 +28,11 @@ def one_model_per_family() -> dict[str, tuple[str, dict]]:
     chosen: dict[str, tuple[str, dict]] = {}
     for name, overrides in candidates:
         chosen.setdefault(head_family_for(build(name, **overrides)).name, (name, overrides))
-    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README). The CTC
-    # models are built in tests/test_ctc.py, which checks their base term against Trainer's loss.
-    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier", "ctc_lm_head"}
+    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README).
+    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier"}
+    # Trainer's label smoother reads CTC's per-frame logits against per-utterance labels and fails; tests/test_ctc.py
+    # checks the CTC base term against Trainer's loss without smoothing.
+    del chosen["ctc_lm_head"]
     return chosen
 
 

@@ -1,0 +1,94 @@
+"""One rank of the 2-process FSDP2 test (tests/test_fsdp2.py launches it with torchrun).
+
+transformers' native FSDP2 on CPU: a tiny BERT classifier and a tiny Llama causal LM saved to `<output_dir>/<name>`
+are loaded with `distributed_config=DistributedConfig(fsdp_size=2)`, so their parameters are DTensors sharded over
+the two ranks, and trained with SPG (the paper's trainable form, so the chain's weights move). Each rank writes its
+logged survival, whether the chain was built of DTensors, and the full chain weights at the end of training to
+`<output_dir>/<name>_rank<rank>.json`; the model saved with `save_model()` goes to `<output_dir>/<name>_saved`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+from conftest import text_dataset, token_dataset
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+from transformers.distributed.configuration_utils import DistributedConfig
+
+from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf.spg_trainer import CHAIN_ATTRIBUTE
+from spg_hf.tasks.cli import run_main
+
+MODELS = {
+    "bert": (AutoModelForSequenceClassification, lambda: text_dataset(size=32)),
+    "llama": (AutoModelForCausalLM, lambda: token_dataset(size=32, task="causal_lm")),
+}
+
+
+class RecordChain(TrainerCallback):
+    """Keeps the chain's full weights (DTensors gathered) when training ends, before train() detaches it."""
+
+    def __init__(self) -> None:
+        self.chain: dict[str, list] = {}
+        self.sharded = False
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        chain = getattr(model, CHAIN_ATTRIBUTE)
+        self.sharded = any(isinstance(p, DTensor) for p in chain.parameters())
+        for name, tensor in chain.state_dict().items():
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            self.chain[name] = full.detach().flatten()[:64].tolist()
+
+
+def train(name: str, output_dir: str) -> None:
+    auto_class, dataset = MODELS[name]
+    model = auto_class.from_pretrained(
+        os.path.join(output_dir, name), distributed_config=DistributedConfig(fsdp_size=2)
+    )
+    args = SPGTrainingArguments(
+        os.path.join(output_dir, f"{name}_run"),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        save_only_model=True,
+        report_to=[],
+        disable_tqdm=True,
+        spg_activation="none",
+    )
+    record = RecordChain()
+    trainer = SPGTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[record])
+    trainer.train()
+    trainer.save_model(os.path.join(output_dir, f"{name}_saved"))
+    rank = int(os.environ["RANK"])
+    survival = [log["spg/survival_1"] for log in trainer.state.log_history if "loss" in log]
+    sharded_model = any(isinstance(p, DTensor) for p in model.parameters())
+    with open(os.path.join(output_dir, f"{name}_rank{rank}.json"), "w") as file:
+        json.dump(
+            {
+                "survival": survival,
+                "chain": record.chain,
+                "chain_sharded": record.sharded,
+                "model_sharded": sharded_model,
+            },
+            file,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output_dir", required=True)
+    output_dir = parser.parse_args().output_dir
+    torch.manual_seed(0)
+    for name in MODELS:
+        train(name, output_dir)
+
+
+if __name__ == "__main__":
+    run_main(main)
