@@ -23,7 +23,8 @@ positions are measured alone on an nn.Linear of the head's shape.
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python -m bench.sft_lora_cost --fractions 1.0 --token-chunk 128 \
         --out bench/results/sft_lora_cost/token_chunk_128.json
 
-The second sets spg_hf.spg.TOKEN_CHUNK (positions per chain head call) in each process (only SPG calls it).
+The second sets the positions per chain head call to 128 (spg_hf.spg.TOKEN_CHUNK_LOGITS = 128 x vocabulary) in each
+process (only SPG calls it). Without --token-chunk the library sizes the calls by the vocabulary (110 positions here).
 Results and the formula: docs/benchmarks.md, "LoRA SFT of a 0.5B-shaped decoder".
 """
 
@@ -108,8 +109,8 @@ def child(args: argparse.Namespace) -> dict:
     import spg_hf.spg
     from spg_hf.trl import SPGSFTConfig, SPGSFTTrainer
 
-    if args.token_chunk:
-        spg_hf.spg.TOKEN_CHUNK = args.token_chunk  # positions per head call in the chain (read at each call)
+    if args.token_chunk:  # positions per head call in the chain (the logits budget is read at each call)
+        spg_hf.spg.TOKEN_CHUNK_LOGITS = args.token_chunk * SHAPE["vocab_size"]
 
     config = Qwen2Config(num_hidden_layers=args.layers, **SHAPE)
     model = Qwen2ForCausalLM(config)
@@ -119,7 +120,7 @@ def child(args: argparse.Namespace) -> dict:
     labels, labelled_right = build_labels(model, input_ids, args.fraction, args.seed)
     dataset = Dataset.from_dict({"input_ids": [input_ids[0].tolist()] * 4, "labels": [labels.tolist()] * 4})
     record: dict = {"method": args.method, "fraction": args.fraction, "labels_right": labelled_right}
-    record["token_chunk"] = spg_hf.spg.TOKEN_CHUNK
+    record["token_chunk"] = spg_hf.spg.positions_per_chunk(SHAPE["vocab_size"])
 
     class Measured(SPGSFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -230,7 +231,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     parser.add_argument(
-        "--token-chunk", type=int, help="positions per chain head call (spg_hf.spg.TOKEN_CHUNK; default: the library's)"
+        "--token-chunk", type=int, help="positions per chain head call (default: the library's, by vocabulary)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/sft_lora_cost/result.json"))
     parser.add_argument("--child", choices=["plain", "spg"], help=argparse.SUPPRESS)

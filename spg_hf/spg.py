@@ -28,8 +28,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 SURVIVOR_EPS = 1e-8
-# Positions per head call in token-level terms: bounds the transient [positions, vocabulary] logits.
-TOKEN_CHUNK = 1024
+# Logits per head call in token-level terms (positions x vocabulary): bounds the transient logits and their
+# log-softmax to 64 MiB each in float32 (a 151k vocabulary: 110 positions a call), under the peak of an LM's own step.
+TOKEN_CHUNK_LOGITS = 2**24
+
+
+def positions_per_chunk(vocabulary: int) -> int:
+    """How many positions one head call of `token_level_terms` takes for a head with `vocabulary` outputs."""
+    return max(1, TOKEN_CHUNK_LOGITS // vocabulary)
+
 
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -193,14 +200,15 @@ def token_level_terms(
     states: torch.Tensor,
     targets: torch.Tensor,
     base_correct: torch.Tensor,
+    chunk: int,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(CE_t, c_t) per labelled position for every module, computed where they count.
 
     states [N, D] and targets [N] are the labelled positions; base_correct [N] is c_0. Module t's term is masked by
     M_{t-1}, so the chain and the head run only on the positions still alive: an exact shortcut, not an
     approximation (CE_t and c_t of a dead position are reported as 0 and False, which the mask ignores anyway). The
-    head runs in chunks under activation checkpointing, so no [positions, vocabulary] logits are kept for backward:
-    they are recomputed chunk by chunk.
+    head runs in chunks of `chunk` positions (`positions_per_chunk`) under activation checkpointing, so no
+    [positions, vocabulary] logits are kept for backward: they are recomputed chunk by chunk.
     """
     size = targets.numel()
     alive = base_correct.nonzero().squeeze(1)
@@ -209,8 +217,8 @@ def token_level_terms(
     for replica in chain.replicas:
         hidden = replica(hidden)
         pieces = [
-            checkpoint(_position_terms, head, chunk, chunk_targets, use_reentrant=False)
-            for chunk, chunk_targets in zip(hidden.split(TOKEN_CHUNK), targets[alive].split(TOKEN_CHUNK), strict=True)
+            checkpoint(_position_terms, head, states_chunk, chunk_targets, use_reentrant=False)
+            for states_chunk, chunk_targets in zip(hidden.split(chunk), targets[alive].split(chunk), strict=True)
         ]
         # split() yields one empty chunk when no position is alive, so every module still takes part in the graph.
         alive_losses = torch.cat([losses for losses, _ in pieces])

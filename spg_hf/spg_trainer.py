@@ -54,7 +54,7 @@ from spg_hf.heads import (
     verify_head,
 )
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
-from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, spg_loss, token_level_terms
+from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, positions_per_chunk, spg_loss, token_level_terms
 from spg_hf.spg_config import (
     SPGArguments,
     SPGSeq2SeqTrainingArguments,
@@ -156,6 +156,7 @@ class SPGChainRun:
 
         self.armed = False
         self.handed_pair = False
+        self.positions_per_chunk: int | None = None
         self.inputs: dict[str, Any] = {}
         self.targets: Any = None
         self.captured: torch.Tensor | None = None
@@ -238,9 +239,14 @@ class SPGChainRun:
         targets = targets[positions]
         base_correct = predicted_right.reshape(-1).to(captured.device)[positions]
         states = captured.reshape(-1, captured.shape[-1])[positions]
-        terms = token_level_terms(
-            self.chain, lambda state: self.family.head(self.model, state, self.inputs), states, targets, base_correct
-        )
+
+        def head(state: torch.Tensor) -> torch.Tensor:
+            return self.family.head(self.model, state, self.inputs)
+
+        if self.positions_per_chunk is None and len(states):
+            with torch.no_grad():  # the head's output width, read once on one position
+                self.positions_per_chunk = positions_per_chunk(head(states[:1]).shape[-1])
+        terms = token_level_terms(self.chain, head, states, targets, base_correct, self.positions_per_chunk or 1)
         return base_correct, terms
 
     @contextlib.contextmanager
