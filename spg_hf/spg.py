@@ -152,7 +152,7 @@ def ctc_terms(logits: torch.Tensor, targets: CTCTargets) -> tuple[torch.Tensor, 
 
 
 def per_example_terms(
-    objective: str, logits: Logits, targets: Targets, regression_tolerance: float
+    objective: str, logits: Logits, targets: Targets, regression_tolerance: float, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example loss CE_t(i) and correctness c_t(i) of one prediction, in float32.
 
@@ -160,10 +160,13 @@ def per_example_terms(
     as the loss), "multi_label" (every label right, sigmoid > 0.5 against the 0/1 label; the mean binary
     cross-entropy over the labels, as the model's own loss takes it), "question_answering" (start and end argmax
     both right, mean of start and end cross-entropy) or "ctc" (one utterance per example, `ctc_terms`).
+    `label_smoothing` smooths the classification cross-entropy as Trainer's label smoother smooths the model's own
+    loss ((1 - eps) NLL + eps mean over the classes of -log p), so the module terms train toward the same target.
     """
     if objective == "classification":
         logits = logits.float()
-        return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+        losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+        return losses, logits.argmax(-1) == targets
     if objective == "multi_label":
         logits, targets = logits.float(), targets.float()
         losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
@@ -188,10 +191,11 @@ def per_example_terms(
 
 
 def _position_terms(
-    head: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor, targets: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor, targets: torch.Tensor, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(states).float()
-    return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets
+    losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+    return losses, logits.argmax(-1) == targets
 
 
 def token_level_terms(
@@ -201,6 +205,7 @@ def token_level_terms(
     targets: torch.Tensor,
     base_correct: torch.Tensor,
     chunk: int,
+    label_smoothing: float = 0.0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(CE_t, c_t) per labelled position for every module, computed where they count.
 
@@ -217,7 +222,7 @@ def token_level_terms(
     for replica in chain.replicas:
         hidden = replica(hidden)
         pieces = [
-            checkpoint(_position_terms, head, states_chunk, chunk_targets, use_reentrant=False)
+            checkpoint(_position_terms, head, states_chunk, chunk_targets, label_smoothing, use_reentrant=False)
             for states_chunk, chunk_targets in zip(hidden.split(chunk), targets[alive].split(chunk), strict=True)
         ]
         # split() yields one empty chunk when no position is alive, so every module still takes part in the graph.

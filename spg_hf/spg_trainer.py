@@ -132,7 +132,9 @@ def check_spg_support(
 class SPGChainRun:
     """The chain attached to one model for one `train()` call: hooks, targets, and the statistics to log."""
 
-    def __init__(self, trained: nn.Module, args: SPGArguments, family: HeadFamily) -> None:
+    def __init__(
+        self, trained: nn.Module, args: SPGArguments, family: HeadFamily, label_smoothing: float = 0.0
+    ) -> None:
         # `trained` is the model Trainer trains (a PeftModel included): the chain joins its parameters and its
         # output carries the chain's result. `model` is the task model whose head the family reads.
         self.trained = trained
@@ -141,6 +143,8 @@ class SPGChainRun:
         self.family = family
         self.objective = spg_objective(model, family)
         self.normalize = args.spg_normalize_for(family.token_level)
+        # Trainer smooths the model's classification loss; the module terms take the same smoothing.
+        self.label_smoothing = label_smoothing if self.objective == "classification" else 0.0
         # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
         # a float32 chain as it casts the model's own layers.
         reference = next(p for p in model.parameters() if p.is_floating_point())
@@ -246,7 +250,9 @@ class SPGChainRun:
         if self.positions_per_chunk is None and len(states):
             with torch.no_grad():  # the head's output width, read once on one position
                 self.positions_per_chunk = positions_per_chunk(head(states[:1]).shape[-1])
-        terms = token_level_terms(self.chain, head, states, targets, base_correct, self.positions_per_chunk or 1)
+        terms = token_level_terms(
+            self.chain, head, states, targets, base_correct, self.positions_per_chunk or 1, self.label_smoothing
+        )
         return base_correct, terms
 
     @contextlib.contextmanager
@@ -292,7 +298,10 @@ class SPGChainRun:
         if prediction is None:
             prediction = self.base_logits(outputs)
         _, base_correct = per_example_terms(self.objective, prediction, targets, tolerance)
-        module_terms = [per_example_terms(self.objective, logits, targets, tolerance) for logits in chain_results[0]]
+        module_terms = [
+            per_example_terms(self.objective, logits, targets, tolerance, self.label_smoothing)
+            for logits in chain_results[0]
+        ]
         # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
         trajectories = targets != IGNORE_INDEX if self.objective == "classification" else None
         return base_correct, module_terms, trajectories
@@ -547,7 +556,9 @@ class SPGTrainerMixin:
                     f"spg_head={self.args.spg_head!r}: SPG reads what the named head predicts from one training "
                     "example before training, which DeepSpeed's partitioned weights cannot run."
                 )
-            self._spg_run = SPGChainRun(self.model, self.args, family)
+            # Trainer's label smoother applies where no compute_loss_func replaces the model's loss.
+            smoothing = self.label_smoother.epsilon if self.label_smoother and self.compute_loss_func is None else 0.0
+            self._spg_run = SPGChainRun(self.model, self.args, family, smoothing)
             self._spg_settings_applied = {"spg_normalize": self._spg_run.normalize}
             self._check_spg_loss_settings(self._spg_run.objective)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached

@@ -10,15 +10,15 @@ import math
 
 import pytest
 import torch
-from conftest import SHORT_RUN, TINY_CONFIGS, losses, text_dataset, tiny_model
+from conftest import SHORT_RUN, TINY_CONFIGS, losses, qa_dataset, text_dataset, tiny_model, token_dataset
 from test_core_integrations import ChainWatcher, assert_chain_trained
 from test_heads import build, train_dataset
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.heads import FAMILIES, head_family_for
-from spg_hf.spg import per_example_terms, spg_loss
+from spg_hf.spg import TRPChain, per_example_terms, spg_loss, token_level_terms
 
 
 def one_model_per_family() -> dict[str, tuple[str, dict]]:
@@ -152,3 +152,49 @@ def test_ignored_example_labels_train(output_dir):
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
     assert all(math.isfinite(log["loss"]) for log in logs)
+
+
+# ---- label smoothing in the module terms ----
+
+EPSILON = 0.1
+
+
+def smoothed_cross_entropy_by_hand(logits: torch.Tensor, label: int) -> float:
+    """Trainer's LabelSmoother for one example: (1 - eps) NLL + eps times the mean over the classes of -log p."""
+    log_probs = logits.double().log_softmax(-1)
+    return float((1 - EPSILON) * -log_probs[label] + EPSILON * -log_probs.mean())
+
+
+def test_module_terms_smooth_as_trainers_label_smoother():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 1, -100])
+    losses_, _ = per_example_terms("classification", logits, labels, 0.5, label_smoothing=EPSILON)
+    expected = [smoothed_cross_entropy_by_hand(logits[0], 0), smoothed_cross_entropy_by_hand(logits[1], 1), 0.0]
+    assert losses_.tolist() == pytest.approx(expected, rel=1e-5)
+    # Token level: the same smoothing on every labelled position still alive.
+    states, targets = logits, torch.tensor([0, 2, 1])
+    chain = TRPChain(3, [0.0], "none")
+    terms = token_level_terms(chain, lambda s: s, states, targets, torch.ones(3, dtype=torch.bool), 2, EPSILON)
+    expected = [smoothed_cross_entropy_by_hand(logits[i], int(targets[i])) for i in range(3)]
+    assert terms[0][0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "dataset", "applied"),
+    [
+        ("BertForSequenceClassification", text_dataset, EPSILON),
+        ("LlamaForCausalLM", lambda: token_dataset(task="causal_lm"), EPSILON),
+        ("BertForQuestionAnswering", qa_dataset, 0.0),  # Trainer smooths no QA loss (no `labels`), nor does SPG
+    ],
+)
+def test_trainer_hands_its_label_smoothing_to_the_module_terms(output_dir, class_name, dataset, applied):
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(trainer._spg_run.label_smoothing)
+
+    args = SPGTrainingArguments(output_dir=output_dir, label_smoothing_factor=EPSILON, **SHORT_RUN)
+    trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset(), callbacks=[Watch()])
+    trainer.train()
+    assert seen == [applied] * 3
