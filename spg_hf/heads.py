@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from spg_hf.spg import CTCTargets
+from spg_hf.spg import CTCTargets, SegmentationTargets
 
 HeadFn = Callable[[PreTrainedModel, torch.Tensor, dict[str, Any]], Any]
 
@@ -40,6 +40,7 @@ TASK_SUFFIXES = {
     "ForCausalLM": "causal_lm",
     "LMHeadModel": "causal_lm",
     "ForConditionalGeneration": "seq2seq_lm",  # encoder-decoder models only (task_of)
+    "ForSemanticSegmentation": "semantic_segmentation",  # every labelled pixel a trajectory
     "ForCTC": "ctc",  # speech recognition: one utterance per example, its state every frame
 }
 NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
@@ -53,6 +54,7 @@ READS_LAST = "last non-padding token"
 READS_VECTOR = "pooled vector"
 READS_ALL = "all positions"
 READS_LABELLED = "labelled positions"
+READS_FEATURE_MAP = "every feature-map position"  # a [batch, channels, h, w] state, the chain on its channels
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,19 @@ class HeadFamily:
             return state[rows, last_non_padding_position(model, inputs, state.device)].unsqueeze(1)
         if self.reads == READS_VECTOR:
             return state.flatten(1)
+        if self.reads == READS_FEATURE_MAP:
+            return state.movedim(1, -1)  # channels last: the chain's linear layers act per position
         return state
 
     def width(self, model: PreTrainedModel) -> int:
-        """Feature width of the captured state: the in_features of the capturing module's first linear layer, or
-        the model's hidden size for the base model's output."""
+        """Feature width of the captured state: the in_features of the capturing module's first linear layer (the
+        in_channels of a convolution, for a feature map), or the model's hidden size for the base model's output."""
         if self.feature_width is not None:
             return self.feature_width
         if self.capture is None:
             return model.config.get_text_config().hidden_size
-        return next(m for m in self.capture_module(model).modules() if isinstance(m, nn.Linear)).in_features
+        first = next(m for m in self.capture_module(model).modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        return first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
 
 
 def first_input(args: tuple, kwargs: dict) -> Any:
@@ -328,6 +333,35 @@ def _uses_prediction_head(model: nn.Module, pooling: str) -> bool:
     )
 
 
+# Where segmentation models keep their main head (Segformer, UperNet, BEiT: decode_head; MobileViT:
+# segmentation_head; DPT: head).
+SEGMENTATION_HEADS = ("decode_head", "segmentation_head", "head")
+
+
+def segmentation_classifier(model: nn.Module) -> nn.Module | None:
+    """The main segmentation head's classifier: its last 2-D convolution with one output channel per class."""
+    for name in SEGMENTATION_HEADS:
+        head = _module(model, name)
+        if head is not None:
+            convolutions = [
+                m for m in head.modules() if isinstance(m, nn.Conv2d) and m.out_channels == model.config.num_labels
+            ]
+            return convolutions[-1] if convolutions else None
+    return None
+
+
+def _segmentation_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    """The class convolution, then what follows it in its Sequential (DPT's own upsampling)."""
+    classifier = segmentation_classifier(model)
+    logits = classifier(state.movedim(-1, 1))
+    for sequence in model.modules():
+        if isinstance(sequence, nn.Sequential) and any(child is classifier for child in sequence):
+            children = list(sequence)
+            for module in children[next(i for i, child in enumerate(children) if child is classifier) + 1 :]:
+                logits = module(logits)
+    return logits
+
+
 FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "span",
@@ -356,6 +390,16 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _question_masked_span_head,
         READS_ALL,
         capture="qa_classifier",
+    ),
+    HeadFamily(
+        "segmentation_classifier",
+        "semantic_segmentation",
+        "the main head's last class convolution (`decode_head`, `segmentation_head` or `head`) on every feature-map "
+        "position; logits upsampled to the labels as the model's loss does, every labelled pixel a trajectory",
+        lambda m: segmentation_classifier(m) is not None and m.config.num_labels > 1,
+        _segmentation_head,
+        READS_FEATURE_MAP,
+        capture=segmentation_classifier,
     ),
     HeadFamily(
         "frame_pooling",
@@ -573,6 +617,14 @@ def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> to
     return targets
 
 
+def segmentation_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> SegmentationTargets:
+    """The labels and the label the model's loss ignores (`semantic_loss_ignore_index`, UperNet's
+    `loss_ignore_index`; 255 where the config names none)."""
+    config = model.config
+    ignore_index = getattr(config, "semantic_loss_ignore_index", getattr(config, "loss_ignore_index", 255))
+    return SegmentationTargets(inputs["labels"], ignore_index)
+
+
 def ctc_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> CTCTargets:
     """The labels of a CTC model's batch and, per utterance, the frames its loss reads, as its forward computes them:
     the feature encoder's output length for the attention mask's sum (the whole input without a mask); blank,
@@ -657,6 +709,14 @@ def _predictions_agree(shared: Any, own: Any) -> bool:
     return True
 
 
+def resized_like(segmentation_logits: torch.Tensor, model_logits: torch.Tensor) -> torch.Tensor:
+    """Segmentation logits at the model's logits size: UperNet resizes them to the image inside its forward (the
+    others leave it to their loss), the same bilinear resize SPG's terms apply on the way to the labels' size."""
+    if segmentation_logits.shape[-2:] == model_logits.shape[-2:]:
+        return segmentation_logits
+    return F.interpolate(segmentation_logits, size=model_logits.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def _next_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(label of the next position) at each position, 0 where that label is ignored, as TRL's fused head
     returns them."""
@@ -696,6 +756,8 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
                 own, shared = outputs["log_probs"], _next_token_log_probs(shared, batch["labels"])
             else:
                 own = outputs["logits"]
+            if family.task == "semantic_segmentation":
+                shared = resized_like(shared, own)
     finally:
         handle.remove()
         model.train(was_training)

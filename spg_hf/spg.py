@@ -58,7 +58,19 @@ class CTCTargets:
         return (self.labels != self.ignore_index) & (self.labels != self.blank)
 
 
-Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | CTCTargets
+@dataclass(frozen=True)
+class SegmentationTargets:
+    """A segmentation model's labels [batch, height, width] and the label its loss ignores (255 for most)."""
+
+    labels: torch.Tensor
+    ignore_index: int
+
+    def pixels(self) -> torch.Tensor:
+        """Which pixels are trajectories: every labelled one, flattened."""
+        return self.labels.flatten() != self.ignore_index
+
+
+Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | CTCTargets | SegmentationTargets
 
 
 class TRPModule(nn.Module):
@@ -151,6 +163,15 @@ def ctc_terms(logits: torch.Tensor, targets: CTCTargets) -> tuple[torch.Tensor, 
     return losses, ctc_correct(logits, targets)
 
 
+def segmentation_terms(logits: torch.Tensor, targets: SegmentationTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per labelled pixel (flattened over the batch), the cross-entropy and correctness of [batch, classes, h, w]
+    logits, upsampled to the labels' size as the segmentation models' own loss does (bilinear, corners unaligned);
+    an ignored pixel gets loss 0 and is no trajectory (`SegmentationTargets.pixels`)."""
+    logits = F.interpolate(logits.float(), size=targets.labels.shape[-2:], mode="bilinear", align_corners=False)
+    losses = F.cross_entropy(logits, targets.labels, ignore_index=targets.ignore_index, reduction="none")
+    return losses.flatten(), (logits.argmax(1) == targets.labels).flatten()
+
+
 def per_example_terms(
     objective: str, logits: Logits, targets: Targets, regression_tolerance: float, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +180,8 @@ def per_example_terms(
     objective: "classification" (argmax == label), "regression" (|prediction - label| <= tolerance, squared error
     as the loss), "multi_label" (every label right, sigmoid > 0.5 against the 0/1 label; the mean binary
     cross-entropy over the labels, as the model's own loss takes it), "question_answering" (start and end argmax
-    both right, mean of start and end cross-entropy) or "ctc" (one utterance per example, `ctc_terms`).
+    both right, mean of start and end cross-entropy), "ctc" (one utterance per example, `ctc_terms`) or
+    "segmentation" (one term per labelled pixel, `segmentation_terms`).
     `label_smoothing` smooths the classification cross-entropy as Trainer's label smoother smooths the model's own
     loss ((1 - eps) NLL + eps mean over the classes of -log p), so the module terms train toward the same target.
     """
@@ -185,6 +207,8 @@ def per_example_terms(
             losses.append(F.cross_entropy(position_logits, positions, ignore_index=ignored_index, reduction="none"))
             hits.append(position_logits.argmax(-1) == positions)
         return (losses[0] + losses[1]) / 2, hits[0] & hits[1]
+    if objective == "segmentation":
+        return segmentation_terms(logits, targets)
     if objective == "ctc":
         return ctc_terms(logits, targets)
     raise ValueError(f"Unknown SPG objective {objective!r}.")

@@ -50,6 +50,7 @@ from spg_hf.heads import (
     ctc_targets,
     head_family_for,
     named_head_family,
+    segmentation_targets,
     token_targets,
     verify_head,
 )
@@ -82,6 +83,8 @@ def spg_objective(model: nn.Module, family: HeadFamily) -> str:
     would decide (a model whose config leaves problem_type unset sets it in its first forward with labels)."""
     if family.objective is not None:
         return family.objective
+    if family.task == "semantic_segmentation":
+        return "segmentation"
     if family.task in ("question_answering", "ctc"):
         return family.task
     if family.token_level or family.task == "multiple_choice":
@@ -304,6 +307,8 @@ class SPGChainRun:
         ]
         # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
         trajectories = targets != IGNORE_INDEX if self.objective == "classification" else None
+        if self.objective == "segmentation":
+            trajectories = targets.pixels()
         return base_correct, module_terms, trajectories
 
     # ---- loss pieces ----
@@ -313,6 +318,8 @@ class SPGChainRun:
             return inputs["start_positions"], inputs["end_positions"]
         if self.objective == "ctc":
             return ctc_targets(self.model, inputs)
+        if self.objective == "segmentation":
+            return segmentation_targets(self.model, inputs)
         if self.family.token_level:
             return token_targets(self.family.task, inputs, inputs["labels"])
         return inputs["labels"]

@@ -55,6 +55,22 @@ IMAGE_SIZE = 32
 VIT = dict(TEXT, image_size=IMAGE_SIZE, patch_size=8, vocab_size=None)
 STAGES = dict(hidden_sizes=[8, 16], depths=[1, 1])
 
+SEGFORMER = dict(
+    num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+    patch_sizes=[7, 3], strides=[4, 2], decoder_hidden_size=32,
+)  # fmt: skip
+UPERNET = dict(
+    backbone_config=transformers.ConvNextConfig(
+        hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1], out_features=["stage1", "stage2", "stage3", "stage4"]
+    ),
+    hidden_size=16, auxiliary_channels=8, pool_scales=[1, 2], use_auxiliary_head=True,
+)  # fmt: skip
+SEGMENTATION_VIT = dict(
+    hidden_size=HIDDEN, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=IMAGE_SIZE,
+    patch_size=8, out_indices=[1, 2, 3, 4], pool_scales=[1, 2], auxiliary_channels=8,
+)  # fmt: skip
+DPT_NECK = dict(neck_hidden_sizes=[8, 16, 16, 32], fusion_hidden_size=16, backbone_out_indices=[0, 1, 2, 3])
+SEGMENTATION_IGNORE = 255
 CTC_VOCABULARY = 12  # token 0 is the pad token, CTC's blank
 CTC_MAX_LABELS = 6
 
@@ -100,6 +116,10 @@ TINY_CONFIGS = {
     "BigBirdForQuestionAnswering": (transformers.BigBirdConfig, dict(TEXT, attention_type="original_full")),
     "Wav2Vec2ForCTC": (transformers.Wav2Vec2Config, dict(AUDIO, vocab_size=CTC_VOCABULARY)),
     "HubertForCTC": (transformers.HubertConfig, dict(AUDIO, vocab_size=CTC_VOCABULARY)),
+    "SegformerForSemanticSegmentation": (transformers.SegformerConfig, SEGFORMER),
+    "UperNetForSemanticSegmentation": (transformers.UperNetConfig, UPERNET),
+    "BeitForSemanticSegmentation": (transformers.BeitConfig, dict(SEGMENTATION_VIT, use_auxiliary_head=True)),
+    "DPTForSemanticSegmentation": (transformers.DPTConfig, dict(SEGMENTATION_VIT, **DPT_NECK)),
     "T5ForConditionalGeneration": (transformers.T5Config, dict(T5, decoder_start_token_id=0)),
     "BartForConditionalGeneration": (transformers.BartConfig, BART),
     "BertForTokenClassification": (transformers.BertConfig, TEXT),
@@ -229,6 +249,15 @@ def ctc_dataset(size: int = 16, seed: int = 0) -> Dataset:
     return Dataset.from_dict(
         {"input_values": (waves * mask).tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}
     )
+
+
+def segmentation_dataset(size: int = 8, seed: int = 0) -> Dataset:
+    """Images whose pixel labels follow the sign of two channels (learnable), a border of ignored pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = (pixels[:, 0] > 0).long() + (pixels[:, 1] > 0).long()
+    labels[:, :2] = SEGMENTATION_IGNORE
+    return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()})
 
 
 def image_dataset(size: int = 16, seed: int = 0) -> Dataset:

@@ -23,6 +23,7 @@ from conftest import (
     eos_text_dataset,
     image_dataset,
     qa_dataset,
+    segmentation_dataset,
     text_dataset,
     tiny_model,
     token_dataset,
@@ -30,7 +31,7 @@ from conftest import (
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for, task_of
+from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for, resized_like, task_of
 from spg_hf.spg import TRPChain, per_example_terms, spg_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -45,6 +46,7 @@ AUTO_CLASSES = {
     "ForSequenceClassification": transformers.AutoModelForSequenceClassification,
     "ForConditionalGeneration": transformers.AutoModelForSeq2SeqLM,
     "ForCTC": transformers.AutoModelForCTC,
+    "ForSemanticSegmentation": transformers.AutoModelForSemanticSegmentation,
 }
 AUDIO_AUTO_CLASS = transformers.AutoModelForAudioClassification
 
@@ -92,6 +94,8 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
 def train_dataset(model: transformers.PreTrainedModel):
     if task_of(model) == "ctc":
         return ctc_dataset()
+    if task_of(model) == "semantic_segmentation":
+        return segmentation_dataset()
     if task_of(model) == "question_answering":
         return qa_dataset()
     if task_of(model) in TOKEN_LEVEL_TASKS:
@@ -119,6 +123,8 @@ def head_logits(model, family, inputs):
         shared = family.head(model, family.select(model, captured[0], inputs), inputs)
     handle.remove()
     own = (outputs.start_logits, outputs.end_logits) if family.task == "question_answering" else outputs.logits
+    if family.task == "semantic_segmentation":
+        shared = resized_like(shared, own)
     return own, shared
 
 
