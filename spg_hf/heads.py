@@ -620,7 +620,7 @@ def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> to
 def segmentation_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> SegmentationTargets:
     """The labels and the label the model's loss ignores (`semantic_loss_ignore_index`, UperNet's
     `loss_ignore_index`; 255 where the config names none)."""
-    config = model.config
+    config = getattr(model, "config", None)  # a model of your own (spg_head) has none: 255, as torchvision's recipes
     ignore_index = getattr(config, "semantic_loss_ignore_index", getattr(config, "loss_ignore_index", 255))
     return SegmentationTargets(inputs["labels"], ignore_index)
 
@@ -785,7 +785,17 @@ def _prediction_kind(prediction: torch.Tensor, labels: Any) -> tuple[str, str] |
         return "sequence_classification", "multi_label"
     if prediction.dim() == 1 and labels.shape == prediction.shape and not integer_labels:
         return "sequence_classification", "regression"
+    if prediction.dim() == 4 and labels.dim() == 3 and len(labels) == len(prediction) and integer_labels:
+        return "semantic_segmentation", "segmentation"
     return None
+
+
+def _named_head(path: str, feature_map: bool) -> HeadFn:
+    def head(model: nn.Module, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        module = model.get_submodule(path)
+        return module(state.movedim(-1, 1)) if feature_map else module(state)
+
+    return head
 
 
 def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> HeadFamily:
@@ -831,19 +841,26 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> Hea
             "SPG reads [batch, classes] logits with integer labels [batch] (one class per example), [batch, 1] "
             "with float labels (regression), [batch, classes] with float 0/1 labels [batch, classes] (multi-label) "
             "or [batch, length, classes] with integer labels [batch, length] (one class per position, -100 "
+            "ignored) or [batch, classes, h, w] with integer labels [batch, H, W] (one class per pixel, 255 "
             "ignored). Name the module that outputs the logits the model's loss reads."
         )
     task, objective = kind
+    feature_map = task == "semantic_segmentation"  # a feature map in, class maps out: the chain acts on channels
+    if feature_map:
+        reads, width, classes = READS_FEATURE_MAP, state.shape[1], prediction.shape[1]
+    else:
+        reads = READS_LABELLED if task in TOKEN_LEVEL_TASKS else READS_ALL
+        width, classes = state.shape[-1], prediction.shape[-1]
     return HeadFamily(
         NAMED_HEAD,
         task,
         f"`{path}`, named by spg_head",
         lambda model: True,
-        lambda model, state, inputs: model.get_submodule(path)(state),
-        READS_LABELLED if task in TOKEN_LEVEL_TASKS else READS_ALL,
+        _named_head(path, feature_map),
+        reads,
         capture=path,
         prediction_at_capture=True,
         objective=objective,
-        feature_width=state.shape[-1],
-        classes=prediction.shape[-1],
+        feature_width=width,
+        classes=classes,
     )

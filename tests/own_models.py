@@ -1,7 +1,7 @@
 """Models that are not HF task classes, as Trainer users bring them: modules returning {"loss", "logits"} (or a
 tuple with the loss first), and look-alikes of torchvision's ResNet, MobileNetV3 and ViT (torchvision itself does not
 import beside the torch CI installs). Their heads are where torchvision puts them: `fc`, `classifier` (a
-Sequential), `heads.head`."""
+Sequential), `heads.head`, and an FCN's `classifier` on its feature map."""
 
 from __future__ import annotations
 
@@ -113,6 +113,38 @@ class ImageClassifier(nn.Module):
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
         logits = self.net(pixel_values)
         return {"loss": None if labels is None else F.cross_entropy(logits, labels), "logits": logits}
+
+
+class TinyFCN(nn.Module):
+    """Built like torchvision's FCN: a strided backbone, `classifier` (FCNHead: 3x3 conv, batch norm, ReLU, dropout,
+    1x1 conv to the classes) on its feature map, logits upsampled to the image, returned as {"out": ...}."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()
+        )
+        self.classifier = nn.Sequential(
+            nn.Conv2d(32, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout(0.1),
+            nn.Conv2d(16, num_classes, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.backbone(x))
+        return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+class Segmenter(nn.Module):
+    """A torchvision-style segmentation network wrapped for Trainer: pixel labels, 255 ignored, as its recipes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.net(pixel_values)["out"]
+        loss = None if labels is None else F.cross_entropy(logits, labels, ignore_index=255)
+        return {"loss": loss, "logits": logits}
 
 
 VISION_NETWORKS = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-from conftest import SHORT_RUN, image_dataset, losses, text_dataset, tiny_model, token_dataset
-from own_models import VISION_NETWORKS, ImageClassifier, TextClassifier, TokenTagger
+from conftest import SHORT_RUN, image_dataset, losses, segmentation_dataset, text_dataset, tiny_model, token_dataset
+from own_models import VISION_NETWORKS, ImageClassifier, Segmenter, TextClassifier, TinyFCN, TokenTagger
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -33,8 +33,9 @@ OWN_MODELS = {
         name: (lambda network=network: ImageClassifier(network(num_classes=2)), head, image_dataset)
         for name, (network, head) in VISION_NETWORKS.items()
     },
+    "fcn_segmentation": (lambda: Segmenter(TinyFCN(3)), "net.classifier", segmentation_dataset),
 }
-OBJECTIVES = {"regression": "regression", "multi_label": "multi_label"}
+OBJECTIVES = {"regression": "regression", "multi_label": "multi_label", "fcn_segmentation": "segmentation"}
 
 
 def build(name: str, seed: int = 0):
@@ -61,7 +62,7 @@ def test_spg_trains_an_own_model_and_saves_it_without_the_chain(tmp_path, name):
     assert saved.keys() == model.state_dict().keys()
 
 
-@pytest.mark.parametrize("name", ["text_classifier", "token_tagger", "resnet"])
+@pytest.mark.parametrize("name", ["text_classifier", "token_tagger", "resnet", "fcn_segmentation"])
 def test_disabled_spg_equals_trainer_on_an_own_model(tmp_path, name):
     runs = []
     for trainer_class, args in (
