@@ -272,6 +272,14 @@ def losses(trainer: transformers.Trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+def assert_trained_alike(first: transformers.Trainer, second: transformers.Trainer, steps: int = 3) -> None:
+    """The two trainers logged the same losses at every step and ended with equal weights (SPG off against the
+    stack's own trainer)."""
+    assert len(losses(first)) == steps and losses(first) == losses(second)
+    for (name, a), (_, b) in zip(first.model.named_parameters(), second.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def logged_learning_rates(trainer: transformers.Trainer) -> list[float]:
     return [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
 

@@ -17,6 +17,7 @@ from conftest import (
     IMAGE_SIZE,
     SHORT_RUN,
     TINY_CONFIGS,
+    assert_trained_alike,
     audio_dataset,
     choice_dataset,
     ctc_dataset,
@@ -297,7 +298,4 @@ def test_disabled_spg_equals_trainer(tmp_path, class_name):
         trainer = trainer_class(model=model, args=args, train_dataset=train_dataset(model))
         trainer.train()
         runs.append(trainer)
-    losses = [[log["loss"] for log in trainer.state.log_history if "loss" in log] for trainer in runs]
-    assert len(losses[0]) == 3 and losses[0] == losses[1]
-    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_trained_alike(*runs)

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-from conftest import SHORT_RUN, image_dataset, losses, segmentation_dataset, text_dataset, tiny_model, token_dataset
+from conftest import (
+    SHORT_RUN,
+    assert_trained_alike,
+    image_dataset,
+    losses,
+    segmentation_dataset,
+    text_dataset,
+    tiny_model,
+    token_dataset,
+)
 from own_models import VISION_NETWORKS, ImageClassifier, Segmenter, TextClassifier, TinyFCN, TokenTagger
 from transformers import Trainer, TrainingArguments
 
@@ -73,9 +82,7 @@ def test_disabled_spg_equals_trainer_on_an_own_model(tmp_path, name):
         trainer = trainer_class(model=model, args=args, train_dataset=dataset)
         trainer.train()
         runs.append(trainer)
-    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
-    for (key, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
-        assert torch.equal(a, b), key
+    assert_trained_alike(*runs)
 
 
 def test_own_model_checkpoint_resumes_with_its_chain(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import SHORT_RUN, T5, losses, no_dropout, text_dataset, tiny_model, token_dataset
+from conftest import SHORT_RUN, T5, assert_trained_alike, losses, no_dropout, text_dataset, tiny_model, token_dataset
 from datasets import Dataset
 from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -75,9 +75,7 @@ def test_lora_with_spg_disabled_equals_trainer(tmp_path, task):
         trainer = trainer_class(model=lora_model(task), args=args, train_dataset=dataset)
         trainer.train()
         runs.append(trainer)
-    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
-    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_trained_alike(*runs)
 
 
 def test_lora_resume_restores_the_chain(tmp_path):
@@ -162,9 +160,7 @@ def test_seq2seq_with_spg_disabled_equals_seq2seq_trainer(tmp_path, class_name):
         trainer = trainer_class(model=seq2seq_model(class_name), args=args, train_dataset=seq2seq_dataset())
         trainer.train()
         runs.append(trainer)
-    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
-    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_trained_alike(*runs)
 
 
 def test_spg_trainer_names_the_trainer_for_seq2seq_arguments(tmp_path):

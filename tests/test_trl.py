@@ -8,7 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import DECODER, losses
+from conftest import DECODER, assert_trained_alike
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -96,9 +96,7 @@ def test_sft_with_spg_disabled_equals_sft_trainer(tmp_path, kind):
         )
         trainer.train()
         runs.append(trainer)
-    assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
-    for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+    assert_trained_alike(*runs)
 
 
 def test_sft_trains_the_chain_on_trajectories_that_the_model_gets_right(tmp_path):
