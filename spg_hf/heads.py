@@ -44,6 +44,7 @@ TASK_SUFFIXES = {
     "ForCTC": "ctc",  # speech recognition: one utterance per example, its state every frame
 }
 NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
+AUXILIARY_HEAD = "auxiliary_head"  # the family of a model's auxiliary head (AuxiliaryHead)
 IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
 # Tasks whose trajectories are positions (every labelled token), not examples.
 TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm", "seq2seq_lm")
@@ -78,10 +79,15 @@ class HeadFamily:
     objective: str | None = None
     feature_width: int | None = None
     classes: int | None = None
+    # The model's second head, trained beside this one (`AuxiliaryHead`), found from the model; None: it has none.
+    auxiliary: Callable[[nn.Module], AuxiliaryHead | None] | None = None
 
     def pooled_form(self) -> HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
         return replace(self, capture="classifier", reads=READS_VECTOR, head=_classifier_head)
+
+    def auxiliary_head(self, model: nn.Module) -> AuxiliaryHead | None:
+        return None if self.auxiliary is None else self.auxiliary(model)
 
     @property
     def token_level(self) -> bool:
@@ -132,6 +138,16 @@ class HeadFamily:
             return model.config.get_text_config().hidden_size
         first = next(m for m in self.capture_module(model).modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
         return first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
+
+
+@dataclass(frozen=True)
+class AuxiliaryHead:
+    """A head a model trains beside its main one, adding its loss with a weight (UperNet's, BEiT's and DPT's
+    `auxiliary_head`, torchvision's `aux_classifier` in FCN and DeepLabV3). As in the authors' code, it gets a chain
+    of its own: its survivors are those of its own predictions, and its module terms take the model's weight."""
+
+    family: HeadFamily  # the head is the captured module itself (prediction_at_capture)
+    weight: float
 
 
 def first_input(args: tuple, kwargs: dict) -> Any:
@@ -338,16 +354,35 @@ def _uses_prediction_head(model: nn.Module, pooling: str) -> bool:
 SEGMENTATION_HEADS = ("decode_head", "segmentation_head", "head")
 
 
+def _class_convolution(head: nn.Module, classes: int) -> nn.Module | None:
+    """A segmentation head's classifier: its last 2-D convolution with one output channel per class."""
+    convolutions = [m for m in head.modules() if isinstance(m, nn.Conv2d) and m.out_channels == classes]
+    return convolutions[-1] if convolutions else None
+
+
 def segmentation_classifier(model: nn.Module) -> nn.Module | None:
-    """The main segmentation head's classifier: its last 2-D convolution with one output channel per class."""
+    """The main segmentation head's classifier."""
     for name in SEGMENTATION_HEADS:
         head = _module(model, name)
         if head is not None:
-            convolutions = [
-                m for m in head.modules() if isinstance(m, nn.Conv2d) and m.out_channels == model.config.num_labels
-            ]
-            return convolutions[-1] if convolutions else None
+            return _class_convolution(head, model.config.num_labels)
     return None
+
+
+def segmentation_auxiliary(model: nn.Module) -> AuxiliaryHead | None:
+    """The class convolution of the model's `auxiliary_head` (built with `use_auxiliary_head`; its output is the
+    auxiliary logits, which the loss upsamples to the labels as it does the main ones) and the config's
+    `auxiliary_loss_weight`; None for a model without one."""
+    head = _module(model, "auxiliary_head")
+    classifier = None if head is None else _class_convolution(head, model.config.num_labels)
+    if classifier is None:
+        return None
+    path = next(name for name, module in model.named_modules() if module is classifier)
+    family = module_head_family(
+        AUXILIARY_HEAD, path, "semantic_segmentation", "segmentation", classifier.in_channels, classifier.out_channels,
+        f"`{path}`, the auxiliary head's class convolution",
+    )  # fmt: skip
+    return AuxiliaryHead(family, model.config.auxiliary_loss_weight)
 
 
 def _segmentation_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -400,6 +435,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _segmentation_head,
         READS_FEATURE_MAP,
         capture=segmentation_classifier,
+        auxiliary=segmentation_auxiliary,
     ),
     HeadFamily(
         "frame_pooling",
@@ -733,17 +769,23 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
     name = type(model).__name__
     refusal = f"SPG does not support {name} with head family {family.name} ({family.rule}): "
     captured: list[torch.Tensor] = []
-    handle = family.register_capture(model, captured.append)
+    handles = [family.register_capture(model, captured.append)]
+    auxiliary = family.auxiliary_head(model)
+    auxiliary_calls: list[torch.Tensor] = []
+    if auxiliary is not None:
+        handles.append(auxiliary.family.register_capture(model, lambda state, output: auxiliary_calls.append(state)))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             outputs = model(**batch)
-            if not captured:
-                raise ValueError(
-                    refusal + f"its forward never calls {_describe_capture(family, model)}, where the head's input "
-                    "is captured. Set spg_enabled=False to train it as with Trainer."
-                )
+            for calls, head in ((captured, family), (auxiliary_calls, auxiliary and auxiliary.family)):
+                if head is not None and not calls:
+                    raise ValueError(
+                        refusal + f"its forward never calls {_describe_capture(head, model)}, where the "
+                        f"{'auxiliary ' if head is not family else ''}head's input is captured. Set "
+                        "spg_enabled=False to train it as with Trainer."
+                    )
             try:
                 shared = family.head(model, family.select(model, captured[0], batch), batch)
             except (RuntimeError, IndexError, TypeError, AttributeError) as error:
@@ -759,7 +801,8 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
             if family.task == "semantic_segmentation":
                 shared = resized_like(shared, own)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     if not _predictions_agree(shared, own):
         raise ValueError(
@@ -798,19 +841,19 @@ def _named_head(path: str, feature_map: bool) -> HeadFn:
     return head
 
 
-def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> HeadFamily:
-    """The family of the head `spg_head` names: the module at `path` is the shared head, the chain runs on its
-    input, its output is the prediction. One forward on `batch` (eval mode, no gradient) reads what the trajectories
-    are from its output and the labels: one class per example, regression, multi-label, or one class per position.
-    A ValueError names `spg_head` and what to pass where the path names no module, the module never runs in the
-    forward, or its output cannot be read as a prediction."""
+def named_head_family(model: nn.Module, path: str, batch: dict[str, Any], argument: str = "spg_head") -> HeadFamily:
+    """The family of the head `spg_head` (or `spg_auxiliary_head`, the `argument`) names: the module at `path` is
+    the shared head, the chain runs on its input, its output is the prediction. One forward on `batch` (eval mode,
+    no gradient) reads what the trajectories are from its output and the labels: one class per example, regression,
+    multi-label, or one class per position. A ValueError names the argument and what to pass where the path names
+    no module, the module never runs in the forward, or its output cannot be read as a prediction."""
     name = type(model).__name__
     try:
         module = model.get_submodule(path)
     except AttributeError:
         children = ", ".join(child for child, _ in model.named_children())
         raise ValueError(
-            f"spg_head={path!r} names no module of {name} (its top-level modules: {children}). Pass the dotted path "
+            f"{argument}={path!r} names no module of {name} (its top-level modules: {children}). Pass the dotted path "
             "of the module whose output is the prediction, as model.get_submodule takes it."
         ) from None
     calls: list[tuple[Any, Any]] = []
@@ -827,7 +870,7 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> Hea
         model.train(was_training)
     if not calls:
         raise ValueError(
-            f"spg_head={path!r}: {name}'s forward never calls that module ({type(module).__name__}) on a training "
+            f"{argument}={path!r}: {name}'s forward never calls that module ({type(module).__name__}) on a training "
             "example. Name the module whose output is the model's prediction."
         )
     state, prediction = calls[0]
@@ -837,7 +880,7 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> Hea
         shape = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
         label_shape = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else repr(labels)
         raise ValueError(
-            f"spg_head={path!r}: its output ({shape}) cannot be read as a prediction of the labels ({label_shape}). "
+            f"{argument}={path!r}: its output ({shape}) cannot be read as a prediction of the labels ({label_shape}). "
             "SPG reads [batch, classes] logits with integer labels [batch] (one class per example), [batch, 1] "
             "with float labels (regression), [batch, classes] with float 0/1 labels [batch, classes] (multi-label) "
             "or [batch, length, classes] with integer labels [batch, length] (one class per position, -100 "
@@ -845,16 +888,28 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any]) -> Hea
             "ignored). Name the module that outputs the logits the model's loss reads."
         )
     task, objective = kind
-    feature_map = task == "semantic_segmentation"  # a feature map in, class maps out: the chain acts on channels
+    # A feature map in, class maps out: the chain acts on the channels.
+    channels = 1 if task == "semantic_segmentation" else -1
+    return module_head_family(
+        NAMED_HEAD, path, task, objective, state.shape[channels], prediction.shape[channels],
+        f"`{path}`, named by spg_head",
+    )  # fmt: skip
+
+
+def module_head_family(
+    name: str, path: str, task: str, objective: str, width: int, classes: int, rule: str
+) -> HeadFamily:
+    """The family of a head that is one module (at `path`): the chain runs on its input, its output is the
+    prediction, read where it is computed."""
+    feature_map = task == "semantic_segmentation"
     if feature_map:
-        reads, width, classes = READS_FEATURE_MAP, state.shape[1], prediction.shape[1]
+        reads = READS_FEATURE_MAP
     else:
         reads = READS_LABELLED if task in TOKEN_LEVEL_TASKS else READS_ALL
-        width, classes = state.shape[-1], prediction.shape[-1]
     return HeadFamily(
-        NAMED_HEAD,
+        name,
         task,
-        f"`{path}`, named by spg_head",
+        rule,
         lambda model: True,
         _named_head(path, feature_map),
         reads,

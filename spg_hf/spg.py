@@ -259,11 +259,48 @@ def token_level_terms(
     return terms
 
 
+@dataclass(frozen=True)
+class ChainTerms:
+    """What one chain contributes: c_0 of its head's own prediction per trajectory, (CE_t, c_t) per module, and which
+    examples are trajectories (None: all; the others, whose labels the model's loss ignores, count in no term,
+    denominator or survival share)."""
+
+    base_correct: torch.Tensor
+    module_terms: list[tuple[torch.Tensor, torch.Tensor]]
+    trajectories: torch.Tensor | None = None
+
+
 @dataclass
 class SPGLoss:
     loss: torch.Tensor  # the full SPG loss, differentiable
     survival: torch.Tensor  # [T]: share of the batch that reached module t (mean of M_{t-1})
     module_losses: torch.Tensor  # [T]: module t's normalised term, before its weight lambda_t
+    auxiliary_survival: torch.Tensor | None = None  # the same for the auxiliary head's chain
+    auxiliary_module_losses: torch.Tensor | None = None
+
+
+def _weighted_terms(
+    chain: ChainTerms, weights: list[float], normalize: str
+) -> tuple[torch.Tensor | float, torch.Tensor, torch.Tensor]:
+    """sum_t lambda_t (masked, normalised module term t) of one chain, with its survival shares and module terms."""
+    if chain.trajectories is None:
+        alive = chain.base_correct.float()
+        batch_size = alive.numel()
+    else:
+        alive = (chain.base_correct & chain.trajectories).float()
+        batch_size = chain.trajectories.sum()
+    # A micro-batch may hold no trajectory (no labelled position or example): its terms are then 0, not 0 / 0.
+    batch_size = batch_size.clamp(min=1) if isinstance(batch_size, torch.Tensor) else max(batch_size, 1)
+    total: torch.Tensor | float = 0.0
+    survival, module_losses = [], []
+    for weight, (losses, correct) in zip(weights, chain.module_terms, strict=True):
+        denominator = alive.sum() + SURVIVOR_EPS if normalize == "survivors" else batch_size
+        term = (alive * losses).sum() / denominator
+        total = total + weight * term
+        survival.append(alive.sum() / batch_size)
+        module_losses.append(term.detach())
+        alive = alive * correct.float()
+    return total, torch.stack(survival).detach(), torch.stack(module_losses)
 
 
 def spg_loss(
@@ -274,31 +311,25 @@ def spg_loss(
     normalize: str,
     loss_normalization: bool = False,
     trajectories: torch.Tensor | None = None,
+    auxiliary: tuple[ChainTerms, float] | None = None,
 ) -> SPGLoss:
     """Combine the base loss with the masked module losses.
 
-    base_loss: mean CE_0 (the model's own loss); base_correct: c_0 per example; module_terms: (CE_t, c_t) per module;
-    trajectories: which examples are trajectories (None: all); the others, whose labels the model's loss ignores,
-    count in no term, denominator or survival share.
+    base_loss: mean CE_0 (the model's own loss); base_correct, module_terms, trajectories: the chain's `ChainTerms`;
+    auxiliary: for a model with an auxiliary head, its chain's terms and the weight the model's loss gives that head.
     loss_normalization multiplies by the detached exp(CE_0 - L), as the reference code does for QA.
     """
-    if trajectories is None:
-        alive = base_correct.float()
-        batch_size = alive.numel()
-    else:
-        alive = (base_correct & trajectories).float()
-        batch_size = trajectories.sum()
-    # A micro-batch may hold no trajectory (no labelled position or example): its terms are then 0, not 0 / 0.
-    batch_size = batch_size.clamp(min=1) if isinstance(batch_size, torch.Tensor) else max(batch_size, 1)
-    total = base_loss
-    survival, module_losses = [], []
-    for weight, (losses, correct) in zip(weights, module_terms, strict=True):
-        denominator = alive.sum() + SURVIVOR_EPS if normalize == "survivors" else batch_size
-        term = (alive * losses).sum() / denominator
-        total = total + weight * term
-        survival.append(alive.sum() / batch_size)
-        module_losses.append(term.detach())
-        alive = alive * correct.float()
+    chain = ChainTerms(base_correct, module_terms, trajectories)
+    terms, survival, module_losses = _weighted_terms(chain, weights, normalize)
+    total = base_loss + terms
+    result = SPGLoss(total, survival, module_losses)
+    if auxiliary is not None:
+        auxiliary_chain, auxiliary_weight = auxiliary
+        auxiliary_terms, result.auxiliary_survival, result.auxiliary_module_losses = _weighted_terms(
+            auxiliary_chain, weights, normalize
+        )
+        total = total + auxiliary_weight * auxiliary_terms
     if loss_normalization:
         total = total * torch.exp(base_loss - total).detach()
-    return SPGLoss(total, torch.stack(survival).detach(), torch.stack(module_losses))
+    result.loss = total
+    return result

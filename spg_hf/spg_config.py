@@ -54,6 +54,21 @@ class SPGArguments:
             "classes (your own nn.Module, torchvision and timm networks); overrides the head family of an HF model."
         },
     )
+    spg_auxiliary_head: str | None = field(
+        default=None,
+        metadata={
+            "help": "With spg_head: dotted path of a second head whose loss the model adds with a weight (e.g. "
+            "'aux_classifier' of torchvision's FCN and DeepLabV3); it gets a chain of its own. HF models' auxiliary "
+            "heads (UperNet, BEiT, DPT) are found without it."
+        },
+    )
+    spg_auxiliary_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "With spg_auxiliary_head: the weight the model's loss gives that head (torchvision's segmentation "
+            "recipe: 0.5); the auxiliary chain's terms take it."
+        },
+    )
     spg_attach: str = field(
         default="tokens",
         metadata={
@@ -184,6 +199,18 @@ def validate_spg_settings(args: SPGArguments) -> None:
     ):
         if getattr(args, name) not in choices and not (name == "spg_normalize" and args.spg_normalize is None):
             raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(args, name)!r}.")
+    if args.spg_auxiliary_head and not args.spg_head:
+        raise ValueError(
+            f"spg_auxiliary_head={args.spg_auxiliary_head!r} needs spg_head (the main head): name both, as an HF "
+            "model's auxiliary head is found without it."
+        )
+    if args.spg_auxiliary_head and (args.spg_auxiliary_weight is None or args.spg_auxiliary_weight < 0):
+        raise ValueError(
+            f"spg_auxiliary_weight must be the weight >= 0 your model's loss gives {args.spg_auxiliary_head!r} "
+            f"(torchvision's segmentation recipe: 0.5), got {args.spg_auxiliary_weight}."
+        )
+    if args.spg_auxiliary_weight is not None and not args.spg_auxiliary_head:
+        raise ValueError("spg_auxiliary_weight is set but spg_auxiliary_head names no auxiliary head.")
     if not args.spg_regression_tolerance > 0:
         raise ValueError(f"spg_regression_tolerance must be > 0, got {args.spg_regression_tolerance}.")
     if args.cold_start_epochs < 0:

@@ -19,6 +19,7 @@ import os
 import random
 import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import (
     IGNORE_INDEX,
+    AuxiliaryHead,
     HeadFamily,
     ctc_targets,
     head_family_for,
@@ -55,7 +57,15 @@ from spg_hf.heads import (
     verify_head,
 )
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
-from spg_hf.spg import SPGLoss, TRPChain, per_example_terms, positions_per_chunk, spg_loss, token_level_terms
+from spg_hf.spg import (
+    ChainTerms,
+    SPGLoss,
+    TRPChain,
+    per_example_terms,
+    positions_per_chunk,
+    spg_loss,
+    token_level_terms,
+)
 from spg_hf.spg_config import (
     SPGArguments,
     SPGSeq2SeqTrainingArguments,
@@ -66,6 +76,9 @@ from spg_hf.spg_config import (
 logger = logging.get_logger(__name__)
 
 CHAIN_ATTRIBUTE = "spg_chain"
+AUXILIARY_CHAIN_ATTRIBUTE = "spg_auxiliary_chain"
+# Keys of the auxiliary chain in spg_modules.safetensors, beside the main chain's.
+AUXILIARY_PREFIX = "auxiliary."
 SPG_WEIGHTS_NAME = "spg_modules.safetensors"
 # Below this share of positions reaching module 1, `survivors` normalisation gives each survivor more than 7 times
 # (0.7 / 0.1) the weight the model's own loss gives a position; in docs/results.md that collapsed weak LMs.
@@ -115,7 +128,16 @@ def check_spg_support(
                 "spg_attach='pooled' is the reference code's attach point for HF heads; with spg_head "
                 "the chain runs on the named module's input. Leave spg_attach at 'tokens'."
             )
-        return None if batch is None else named_head_family(model, args.spg_head, batch)
+        if batch is None:
+            return None
+        family = named_head_family(model, args.spg_head, batch)
+        if args.spg_auxiliary_head:
+            auxiliary = AuxiliaryHead(
+                named_head_family(model, args.spg_auxiliary_head, batch, "spg_auxiliary_head"),
+                args.spg_auxiliary_weight,
+            )
+            family = replace(family, auxiliary=lambda model: auxiliary)
+        return family
     family = head_family_for(model)
     if args.spg_attach == "pooled":
         if not family.offers_pooled:
@@ -146,7 +168,8 @@ class SPGChainRun:
         self.family = family
         self.objective = spg_objective(model, family)
         self.normalize = args.spg_normalize_for(family.token_level)
-        # Trainer smooths the model's classification loss; the module terms take the same smoothing.
+        # Trainer smooths the model's classification loss; the classification module terms take the same smoothing.
+        self.trainer_label_smoothing = label_smoothing
         self.label_smoothing = label_smoothing if self.objective == "classification" else 0.0
         # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
         # a float32 chain as it casts the model's own layers.
@@ -154,11 +177,22 @@ class SPGChainRun:
         self.chain = TRPChain(self.family.width(model), args.spg_dropout_rates, args.spg_activation)
         self.chain.to(device=reference.device, dtype=reference.dtype)
         trained.add_module(CHAIN_ATTRIBUTE, self.chain)
+        self.auxiliary = family.auxiliary_head(model)
+        self.auxiliary_chain: TRPChain | None = None
+        if self.auxiliary is not None:
+            self.auxiliary_objective = spg_objective(model, self.auxiliary.family)
+            self.auxiliary_chain = TRPChain(
+                self.auxiliary.family.width(model), args.spg_dropout_rates, args.spg_activation
+            )
+            self.auxiliary_chain.to(device=reference.device, dtype=reference.dtype)
+            trained.add_module(AUXILIARY_CHAIN_ATTRIBUTE, self.auxiliary_chain)
 
         # save_pretrained leaves these out of every folder, a user's own call included; a plain nn.Module's are
         # filtered by SPGTrainer._save.
         self.saved_ignore_keys = getattr(trained, "_keys_to_ignore_on_save", None)
-        self.chain_keys = {f"{CHAIN_ATTRIBUTE}.{name}" for name in self.chain.state_dict()}
+        self.chain_keys = {
+            f"{attribute}.{name}" for attribute, chain in self.chains().items() for name in chain.state_dict()
+        }
         trained._keys_to_ignore_on_save = set(self.saved_ignore_keys or ()) | self.chain_keys
 
         self.armed = False
@@ -170,16 +204,55 @@ class SPGChainRun:
         self.captured_autocast: torch.autocast | None = None
         self.head_prediction: torch.Tensor | None = None
         self.chain_result: Any = None
+        self.auxiliary_armed = False
+        self.auxiliary_result: tuple[torch.Tensor, list] | None = None
         self.handles = [
             self.family.register_capture(model, self._run_chain),
             trained.register_forward_hook(self._on_model_output),
         ]
+        if self.auxiliary is not None:
+            self.handles.append(self.auxiliary.family.register_capture(model, self._run_auxiliary_chain))
         self.reset_statistics()
+
+    def chains(self) -> dict[str, TRPChain]:
+        """The temporary chains by the model attribute that holds them."""
+        chains = {CHAIN_ATTRIBUTE: self.chain}
+        if self.auxiliary_chain is not None:
+            chains[AUXILIARY_CHAIN_ATTRIBUTE] = self.auxiliary_chain
+        return chains
+
+    def chain_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the chains: the main chain's weights as they are, the auxiliary chain's with
+        AUXILIARY_PREFIX."""
+        state = dict(self.chain.state_dict())
+        if self.auxiliary_chain is not None:
+            state.update({AUXILIARY_PREFIX + name: t for name, t in self.auxiliary_chain.state_dict().items()})
+        return state
+
+    def load_chain_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads `chain_state_dict`'s form; a ValueError where the checkpoint and this run disagree on having an
+        auxiliary head (spg_auxiliary_head, or an HF model's `use_auxiliary_head`)."""
+        auxiliary = {
+            name.removeprefix(AUXILIARY_PREFIX): tensor
+            for name, tensor in state.items()
+            if name.startswith(AUXILIARY_PREFIX)
+        }
+        if bool(auxiliary) != (self.auxiliary_chain is not None):
+            saved, run = ("has", "has none") if auxiliary else ("has none", "has one")
+            raise ValueError(
+                f"The checkpoint's SPG weights ({SPG_WEIGHTS_NAME}) {saved} for an auxiliary head, while this run "
+                f"{run}: resume with the auxiliary head setting (spg_auxiliary_head, use_auxiliary_head) it was "
+                "saved with."
+            )
+        self.chain.load_state_dict({name: t for name, t in state.items() if not name.startswith(AUXILIARY_PREFIX)})
+        if self.auxiliary_chain is not None:
+            self.auxiliary_chain.load_state_dict(auxiliary)
 
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
-        delattr(self.trained, CHAIN_ATTRIBUTE)
+        for attribute in self.chains():
+            delattr(self.trained, attribute)
         self.trained._keys_to_ignore_on_save = self.saved_ignore_keys
 
     # ---- running the chain inside the model's forward ----
@@ -210,6 +283,16 @@ class SPGChainRun:
         state = self.family.select(self.model, captured, self.inputs)
         self.chain_result = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
 
+    def _run_auxiliary_chain(self, captured: torch.Tensor, prediction: torch.Tensor) -> None:
+        """Runs at the auxiliary head: its own prediction and its chain's, through it."""
+        if not self.auxiliary_armed:
+            return
+        self.auxiliary_armed = False
+        family = self.auxiliary.family
+        state = family.select(self.model, captured, self.inputs)
+        replicas = [family.head(self.model, replica, self.inputs) for replica in self.auxiliary_chain(state)]
+        self.auxiliary_result = (prediction, replicas)
+
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self.captured is not None:
             captured, self.captured = self.captured, None
@@ -217,11 +300,12 @@ class SPGChainRun:
                 self.chain_result = self._token_level_terms(captured, self._predicted_right(output))
         if self.chain_result is None:
             return None
-        # Returned with the outputs so that DDP sees the chain's parameters used in the forward; `armed_call` hands
+        # Returned with the outputs so that DDP sees the chains' parameters used in the forward; `armed_call` hands
         # the outputs on without them.
         chain_result, self.chain_result = self.chain_result, None
+        auxiliary_result, self.auxiliary_result = self.auxiliary_result, None
         self.handed_pair = True
-        return output, chain_result
+        return output, (chain_result, auxiliary_result)
 
     def _predicted_right(self, output: Any) -> torch.Tensor:
         """Per position of the targets, whether the model's own prediction is the target: the argmax of its
@@ -276,52 +360,69 @@ class SPGChainRun:
             return outputs
 
         self.inputs, self.targets, self.armed = inputs, targets, True
+        self.auxiliary_armed = self.auxiliary is not None
         handle = model.register_forward_hook(hand_on_outputs)
         try:
             yield chain_results
         finally:
             handle.remove()
             self.inputs, self.targets, self.armed, self.handed_pair = {}, None, False, False
+            self.auxiliary_armed = False
 
-    def terms(
-        self, outputs: Any, targets: Any, chain_results: list
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    def terms(self, outputs: Any, targets: Any, chain_results: list) -> ChainTerms:
         """The correctness c_0 of the model's own predictions, every module's (CE_t, c_t), per example or, at the
-        token level, per labelled position, and which examples are trajectories (None: all of them)."""
+        token level, per labelled position, and which examples are trajectories."""
         if not chain_results:
             raise RuntimeError(
                 f"The SPG chain did not run in the forward of {type(self.model).__name__}: its head family "
                 f"{self.family.name} captures a module the forward did not call."
             )
+        chain_result = chain_results[0][0]
         if self.family.token_level:
-            base_correct, module_terms = chain_results[0]
-            return base_correct, module_terms, None
-        tolerance = self.args.spg_regression_tolerance
+            return ChainTerms(*chain_result)
         prediction, self.head_prediction = self.head_prediction, None
         if prediction is None:
             prediction = self.base_logits(outputs)
-        _, base_correct = per_example_terms(self.objective, prediction, targets, tolerance)
-        module_terms = [
-            per_example_terms(self.objective, logits, targets, tolerance, self.label_smoothing)
-            for logits in chain_results[0]
-        ]
+        return self._example_terms(self.objective, prediction, chain_result, targets)
+
+    def auxiliary_terms(self, inputs: dict[str, Any], chain_results: list) -> tuple[ChainTerms, float] | None:
+        """The auxiliary head's `ChainTerms` and the weight the model's loss gives it; None without one."""
+        if self.auxiliary is None:
+            return None
+        if chain_results[0][1] is None:
+            raise RuntimeError(
+                f"The SPG chain of {type(self.model).__name__}'s auxiliary head did not run: its forward did not call "
+                f"{self.auxiliary.family.rule}."
+            )
+        prediction, replicas = chain_results[0][1]
+        targets = self.targets_for(self.auxiliary_objective, self.auxiliary.family, inputs)
+        return self._example_terms(self.auxiliary_objective, prediction, replicas, targets), self.auxiliary.weight
+
+    def _example_terms(self, objective: str, prediction: Any, replicas: list, targets: Any) -> ChainTerms:
+        tolerance = self.args.spg_regression_tolerance
+        smoothing = self.trainer_label_smoothing if objective == "classification" else 0.0
+        _, base_correct = per_example_terms(objective, prediction, targets, tolerance)
+        module_terms = [per_example_terms(objective, logits, targets, tolerance, smoothing) for logits in replicas]
         # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
-        trajectories = targets != IGNORE_INDEX if self.objective == "classification" else None
-        if self.objective == "segmentation":
+        trajectories = targets != IGNORE_INDEX if objective == "classification" else None
+        if objective == "segmentation":
             trajectories = targets.pixels()
-        return base_correct, module_terms, trajectories
+        return ChainTerms(base_correct, module_terms, trajectories)
 
     # ---- loss pieces ----
 
     def targets_of(self, inputs: dict[str, Any]) -> Any:
-        if self.objective == "question_answering":
+        return self.targets_for(self.objective, self.family, inputs)
+
+    def targets_for(self, objective: str, family: HeadFamily, inputs: dict[str, Any]) -> Any:
+        if objective == "question_answering":
             return inputs["start_positions"], inputs["end_positions"]
-        if self.objective == "ctc":
+        if objective == "ctc":
             return ctc_targets(self.model, inputs)
-        if self.objective == "segmentation":
+        if objective == "segmentation":
             return segmentation_targets(self.model, inputs)
-        if self.family.token_level:
-            return token_targets(self.family.task, inputs, inputs["labels"])
+        if family.token_level:
+            return token_targets(family.task, inputs, inputs["labels"])
         return inputs["labels"]
 
     def base_logits(self, outputs: Any) -> Any:
@@ -344,12 +445,17 @@ class SPGChainRun:
     def reset_statistics(self) -> None:
         self.survival_sum: torch.Tensor | float = 0.0
         self.module_loss_sum: torch.Tensor | float = 0.0
+        self.auxiliary_survival_sum: torch.Tensor | float = 0.0
+        self.auxiliary_module_loss_sum: torch.Tensor | float = 0.0
         self.survivor_label_counts: torch.Tensor | int = 0
         self.recorded_batches = 0
 
     def record(self, result: SPGLoss, targets: Any, base_correct: torch.Tensor) -> None:
         self.survival_sum = self.survival_sum + result.survival
         self.module_loss_sum = self.module_loss_sum + result.module_losses
+        if result.auxiliary_survival is not None:
+            self.auxiliary_survival_sum = self.auxiliary_survival_sum + result.auxiliary_survival
+            self.auxiliary_module_loss_sum = self.auxiliary_module_loss_sum + result.auxiliary_module_losses
         if self.counts_survivor_labels:
             # index_add_ rather than bincount of targets[base_correct]: masking and bincount wait for the GPU every
             # training step, to size their outputs.
@@ -497,7 +603,8 @@ class SPGTrainerMixin:
         head setting. Without a training set it is checked when training starts, and under DeepSpeed not at all:
         ZeRO-3 weights are partitioned until DeepSpeed wraps the model. None: a head named with spg_head, which is
         read from that example, while there is none."""
-        key = (self.model, self.args.spg_head, self.args.spg_attach)
+        args = self.args
+        key = (self.model, args.spg_head, args.spg_auxiliary_head, args.spg_auxiliary_weight, args.spg_attach)
         if self._resolved_head is not None and self._resolved_head[0] == key:
             return self._resolved_head[1]
         example = self.train_dataset is not None and not self.is_deepspeed_enabled
@@ -575,7 +682,13 @@ class SPGTrainerMixin:
             logger.info(
                 f"SPG: {len(self.args.spg_weights)} temporary modules (head family {self._spg_run.family.name}, "
                 f"chain on the {self._spg_run.family.reads}, "
-                f"{sum(p.numel() for p in self._spg_run.chain.parameters()):,} parameters), "
+                + (
+                    f"an auxiliary chain on {self._spg_run.auxiliary.family.rule} weighted "
+                    f"{self._spg_run.auxiliary.weight}, "
+                    if self._spg_run.auxiliary is not None
+                    else ""
+                )
+                + f"{sum(p.numel() for c in self._spg_run.chains().values() for p in c.parameters()):,} parameters), "
                 f"objective {self._spg_run.objective}, spg_normalize={self._spg_run.normalize!r}"
                 + (" (the default for this task)" if self.args.spg_normalize is None else "")
                 + "."
@@ -627,17 +740,18 @@ class SPGTrainerMixin:
                 model, inputs, return_outputs=wants_outputs, num_items_in_batch=num_items_in_batch
             )
             base_loss, outputs = base_loss if wants_outputs else (base_loss, None)
-        base_correct, module_terms, trajectories = run.terms(outputs, targets, chain_results)
+        chain = run.terms(outputs, targets, chain_results)
         result = spg_loss(
             base_loss,
-            base_correct,
-            module_terms,
+            chain.base_correct,
+            chain.module_terms,
             weights,
             run.normalize,
             self.args.spg_loss_normalization,
-            trajectories,
+            chain.trajectories,
+            run.auxiliary_terms(inputs, chain_results),
         )
-        run.record(result, targets, base_correct)
+        run.record(result, targets, chain.base_correct)
         return (result.loss, outputs) if return_outputs else result.loss
 
     def _micro_batch_items(self, inputs: dict[str, Any]) -> torch.Tensor:
@@ -663,11 +777,15 @@ class SPGTrainerMixin:
         run = self._spg_run
         if run is not None and run.recorded_batches and "loss" in logs:
             # Every process logs training steps together, so this reduction is collective-safe.
-            statistics = torch.stack([run.survival_sum, run.module_loss_sum]) / run.recorded_batches
-            statistics = self.accelerator.reduce(statistics.to(self.args.device), reduction="mean").tolist()
-            for t, (survival, module_loss) in enumerate(zip(*statistics, strict=True), start=1):
-                logs[f"spg/survival_{t}"] = round(survival, 4)
-                logs[f"spg/loss_{t}"] = round(module_loss, 4)
+            sums = {"": (run.survival_sum, run.module_loss_sum)}
+            if run.auxiliary is not None:
+                sums["auxiliary_"] = (run.auxiliary_survival_sum, run.auxiliary_module_loss_sum)
+            for prefix, (survival_sum, module_loss_sum) in sums.items():
+                statistics = torch.stack([survival_sum, module_loss_sum]) / run.recorded_batches
+                statistics = self.accelerator.reduce(statistics.to(self.args.device), reduction="mean").tolist()
+                for t, (survival, module_loss) in enumerate(zip(*statistics, strict=True), start=1):
+                    logs[f"spg/{prefix}survival_{t}"] = round(survival, 4)
+                    logs[f"spg/{prefix}loss_{t}"] = round(module_loss, 4)
             if run.counts_survivor_labels:
                 counts = self.accelerator.reduce(run.survivor_label_counts.to(self.args.device), reduction="sum")
                 if counts.sum() > 0:
@@ -675,7 +793,7 @@ class SPGTrainerMixin:
                     logs["spg/survivors_in_top_label"] = round(top_share, 4)
                     self._warn_if_survivors_share_one_label(top_share, counts.argmax().item())
             run.reset_statistics()
-            self._warn_if_few_tokens_survive(statistics[0][0])
+            self._warn_if_few_tokens_survive(logs["spg/survival_1"])
         super().log(logs, start_time)
 
     def _warn_if_survivors_share_one_label(self, top_share: float, label: int) -> None:
@@ -741,7 +859,7 @@ class SPGTrainerMixin:
                 os.remove(os.path.join(folder, name))
         if self._spg_run is not None:
             safetensors.torch.save_file(
-                {name: tensor.contiguous() for name, tensor in self._spg_run.chain.state_dict().items()},
+                {name: tensor.contiguous() for name, tensor in self._spg_run.chain_state_dict().items()},
                 os.path.join(folder, SPG_WEIGHTS_NAME),
             )
 
@@ -790,7 +908,7 @@ class SPGTrainerMixin:
             )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self._spg_run is not None:
-            self._spg_run.chain.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
+            self._spg_run.load_chain_state_dict(safetensors.torch.load_file(path, device="cpu"))
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         if self._spg_run is not None:

@@ -117,34 +117,51 @@ class ImageClassifier(nn.Module):
 
 class TinyFCN(nn.Module):
     """Built like torchvision's FCN: a strided backbone, `classifier` (FCNHead: 3x3 conv, batch norm, ReLU, dropout,
-    1x1 conv to the classes) on its feature map, logits upsampled to the image, returned as {"out": ...}."""
+    1x1 conv to the classes) on its feature map, logits upsampled to the image, returned as {"out": ...}; with
+    `auxiliary`, `aux_classifier` (another FCNHead) on an earlier stage's feature map, returned as "aux"."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, auxiliary: bool = False, dropout: float = 0.1) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()
-        )
-        self.classifier = nn.Sequential(
-            nn.Conv2d(32, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout(0.1),
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.backbone = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.classifier = self._fcn_head(32, num_classes, dropout)
+        self.aux_classifier = self._fcn_head(16, num_classes, dropout) if auxiliary else None
+
+    @staticmethod
+    def _fcn_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout(dropout),
             nn.Conv2d(16, num_classes, 1),
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.backbone(x))
-        return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+        early = self.stem(x)
+        heads = {"out": self.classifier(self.backbone(early))}
+        if self.aux_classifier is not None:
+            heads["aux"] = self.aux_classifier(early)
+        return {
+            name: F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            for name, logits in heads.items()
+        }
 
 
 class Segmenter(nn.Module):
-    """A torchvision-style segmentation network wrapped for Trainer: pixel labels, 255 ignored, as its recipes."""
+    """A torchvision-style segmentation network wrapped for Trainer: pixel labels, 255 ignored, the auxiliary head's
+    loss (if any) added with `auxiliary_weight`, as torchvision's recipes train them."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, auxiliary_weight: float = 0.5) -> None:
         super().__init__()
         self.net = net
+        self.auxiliary_weight = auxiliary_weight
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
-        logits = self.net(pixel_values)["out"]
-        loss = None if labels is None else F.cross_entropy(logits, labels, ignore_index=255)
-        return {"loss": loss, "logits": logits}
+        outputs = self.net(pixel_values)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(outputs["out"], labels, ignore_index=255)
+            if "aux" in outputs:
+                loss = loss + self.auxiliary_weight * F.cross_entropy(outputs["aux"], labels, ignore_index=255)
+        return {"loss": loss, "logits": outputs["out"]}
 
 
 VISION_NETWORKS = {

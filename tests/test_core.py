@@ -431,6 +431,13 @@ def test_pooled_training_uses_classifier_width(output_dir):
         (dict(spg_activation="gelu"), "spg_activation"),
         (dict(spg_normalize="mean"), "spg_normalize"),
         (dict(cold_start_steps=-1), "cold_start_steps"),
+        (dict(spg_auxiliary_head="aux_classifier"), "spg_auxiliary_head"),
+        (dict(spg_head="classifier", spg_auxiliary_head="aux_classifier"), "spg_auxiliary_weight"),
+        (
+            dict(spg_head="classifier", spg_auxiliary_head="aux_classifier", spg_auxiliary_weight=-1),
+            "spg_auxiliary_weight",
+        ),
+        (dict(spg_auxiliary_weight=0.5), "spg_auxiliary_weight"),
     ],
 )
 def test_bad_settings_name_the_argument(output_dir, overrides, argument):

@@ -280,6 +280,9 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
+    # A model with an auxiliary head (UperNet, BEiT, DPT) trains a chain on it too.
+    has_auxiliary = getattr(model, "auxiliary_head", None) is not None
+    assert all(("spg/auxiliary_survival_1" in log) == has_auxiliary for log in logs)
     trainer.save_model(str(tmp_path / "saved"))
     saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
     assert not [name for name in saved if "spg" in name]
