@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per method before those")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128, help="every sequence is padded to this length")
+    parser.add_argument("--image-size", type=int, default=128, help="segmentation tasks: square images of this size")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--task", choices=sorted(TASKS), default="text-classification", help=TASK_HELP)
@@ -128,6 +129,28 @@ def synthetic_dataset(size: int, seq_len: int, vocab_size: int, task: str, seed:
     else:
         columns["labels"] = torch.randint(0, 2, (size,), generator=generator).tolist()
     return Dataset.from_dict(columns)
+
+
+def synthetic_segmentation(size: int, image_size: int, classes: int, seed: int = 0) -> Dataset:
+    """Random images with random pixel labels, a tenth of them 255 (ignored, as an unlabelled region): step cost does
+    not depend on what the pixels show."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(size, 3, image_size, image_size, generator=generator)
+    labels = torch.randint(0, classes, (size, image_size, image_size), generator=generator)
+    labels = labels.masked_fill(torch.rand(labels.shape, generator=generator) < 0.1, 255)
+    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.numpy()})
+
+
+SEGMENTATION_TASKS = ("semantic-segmentation", "semantic-segmentation-auxiliary")
+ADE20K_CLASSES = 150
+
+
+def upernet_convnext_tiny_config() -> transformers.UperNetConfig:
+    """UperNet on a ConvNeXt-T-shaped backbone (openmmlab/upernet-convnext-tiny's shapes), with its auxiliary head."""
+    backbone = transformers.ConvNextConfig(
+        depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768], out_features=["stage1", "stage2", "stage3", "stage4"]
+    )
+    return transformers.UperNetConfig(backbone_config=backbone, num_labels=ADE20K_CLASSES, use_auxiliary_head=True)
 
 
 MODEL_LABELLED_TASKS = ("token-classification", "causal-lm")
@@ -189,11 +212,21 @@ TASKS = {
     "decoder-classification": lambda path: transformers.LlamaForSequenceClassification(llama_style_config()),
     "causal-lm": lambda path: transformers.LlamaForCausalLM(llama_style_config()),
     "token-classification": lambda path: AutoModelForTokenClassification.from_pretrained(path, num_labels=2),
+    # SegformerConfig's defaults are SegFormer-B0's shapes (nvidia/mit-b0).
+    "semantic-segmentation": lambda path: transformers.SegformerForSemanticSegmentation(
+        transformers.SegformerConfig(num_labels=ADE20K_CLASSES)
+    ),
+    "semantic-segmentation-auxiliary": lambda path: transformers.UperNetForSemanticSegmentation(
+        upernet_convnext_tiny_config()
+    ),
 }
 TASK_HELP = (
     "text-classification: --model with a new 2-label head; question-answering: --model with a new span head; "
     "decoder-classification / causal-lm: a small random Llama-style classifier / language model (--model is "
-    "ignored); token-classification: --model with a new 2-label token head"
+    "ignored); token-classification: --model with a new 2-label token head; semantic-segmentation: a random "
+    "SegFormer-B0-shaped model, 150 classes (ADE20k's), --image-size images; semantic-segmentation-auxiliary: a random "
+    "UperNet on a ConvNeXt-T-shaped backbone with its auxiliary head (a second chain), 150 classes (--model is ignored "
+    "by both)"
 )
 
 
@@ -257,7 +290,10 @@ def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir:
     # The classifier is newly initialised: the same seed gives both methods the same one.
     transformers.set_seed(0)
     model = TASKS[args.task](model_path)
-    dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size, args.task)
+    if args.task in SEGMENTATION_TASKS:
+        dataset = synthetic_segmentation(args.batch_size * steps, args.image_size, model.config.num_labels)
+    else:
+        dataset = synthetic_dataset(args.batch_size * steps, args.seq_len, model.config.vocab_size, args.task)
     if args.labels == "model":
         dataset = label_with_model(dataset, model, args.task)
     settings = dict(
@@ -472,10 +508,10 @@ def main() -> None:
     if args.output == "json":
         print(json.dumps(report, indent=2))
         return
-    print(
-        f"{args.task}; {report['machine']}; batch {args.batch_size}, length {args.seq_len}, "
-        f"{args.steps} measured steps each"
+    shape = (
+        f"images {args.image_size}x{args.image_size}" if args.task in SEGMENTATION_TASKS else f"length {args.seq_len}"
     )
+    print(f"{args.task}; {report['machine']}; batch {args.batch_size}, {shape}, {args.steps} measured steps each")
     for clock in clocks:
         timing = report[f"step_time_{clock}"]
         print(
