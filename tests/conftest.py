@@ -272,12 +272,19 @@ def losses(trainer: transformers.Trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+# SPG settings under which an SPG trainer trains exactly as the stack's own trainer: SPG off, and SPG on with zero
+# weights (the chain runs on a random stream of its own, leaves the model's buffers alone and adds nothing).
+TRAINS_AS_TRAINER = {"spg off": {"spg_enabled": False}, "zero weights": {"spg_weights": [0.0, 0.0, 0.0]}}
+
+
 def assert_trained_alike(first: transformers.Trainer, second: transformers.Trainer, steps: int = 3) -> None:
-    """The two trainers logged the same losses at every step and ended with equal weights (SPG off against the
-    stack's own trainer)."""
+    """The two trainers logged the same losses at every step and ended with equal weights and buffers (BatchNorm
+    statistics included): an SPG trainer in a TRAINS_AS_TRAINER setting against the stack's own trainer."""
     assert len(losses(first)) == steps and losses(first) == losses(second)
-    for (name, a), (_, b) in zip(first.model.named_parameters(), second.model.named_parameters(), strict=True):
-        assert torch.equal(a, b), name
+    first_state, second_state = first.model.state_dict(), second.model.state_dict()
+    assert first_state.keys() == second_state.keys()
+    for name, tensor in first_state.items():
+        assert torch.equal(tensor, second_state[name]), name
 
 
 def logged_learning_rates(trainer: transformers.Trainer) -> list[float]:
@@ -305,8 +312,8 @@ def output_dir(tmp_path):
     return str(tmp_path / "out")
 
 
-def torchrun(worker: str, *arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Launches 2 processes of `worker` on one machine, as CI and users do."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
+def torchrun(worker: str, *arguments: str, timeout: int = 300, processes: int = 2) -> subprocess.CompletedProcess:
+    """Launches `processes` processes of `worker` on one machine, as CI and users do."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", worker]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run([*command, *arguments], env=environment, capture_output=True, text=True, timeout=timeout)
