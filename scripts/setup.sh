@@ -11,3 +11,7 @@ if [ "${SPG_KEEP_TORCH:-0}" != "1" ]; then
   python -m pip install --quiet torch==2.13.0
 fi
 python -m pip install --quiet -e ".[test]"
+# DeepSpeed for tests/test_deepspeed.py (the [deepspeed] extra): its build imports torch, so no build isolation;
+# no ops are compiled (about 15 s).
+python -m pip install --quiet wheel
+python -m pip install --quiet --no-build-isolation "deepspeed>=0.19"
