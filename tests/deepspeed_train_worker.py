@@ -11,6 +11,8 @@ Every run is made without DeepSpeed first (folder `none`), then for each ZeRO st
   (`spg_enabled=False` and a plain `Trainer`), `bert_on_from_off` (bert_off's checkpoint-2 resumed with SPG on);
   under ZeRO-3 `bert_zero_init`: loaded with `from_pretrained` after the arguments exist, so that transformers
   partitions it at load time (`deepspeed.zero.Init`), as in a training script.
+With --accelerate (under `accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml`) only `bert_spg`
+runs, with DeepSpeed set up by the launcher, into the folder `accelerate`.
 Each run writes `<output_dir>/<stage>/<run>.json` (per-step logs, whether the weights were partitioned, or the
 error train() raised) and `<run>.safetensors` (the chain at the start and the end of training, gathered, and the
 model's final weights).
@@ -116,7 +118,7 @@ class Record(TrainerCallback):
 
 
 def train(
-    stage: int | None,
+    stage: int | str | None,
     run: str,
     family: str,
     output_dir: str,
@@ -142,7 +144,8 @@ def train(
         save_steps=2,
         report_to=[],
         disable_tqdm=True,
-        deepspeed=deepspeed_config(stage) if stage else None,
+        # Under `accelerate launch` with a DeepSpeed config (stage "accelerate") the launcher's environment sets it.
+        deepspeed=deepspeed_config(stage) if isinstance(stage, int) else None,
         **settings,
     )
     # Created after the arguments: under ZeRO-3 from_pretrained then partitions the weights as it loads them.
@@ -168,6 +171,7 @@ def train(
         "survival": [[entry[f"spg/survival_{t}"] for t in (1, 2, 3)] for entry in logs if "spg/survival_1" in entry],
         "partitioned": record.partitioned,
         "deepspeed": trainer.is_deepspeed_enabled,
+        "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None,
         "eval_loss": trainer.evaluate(eval_dataset=dataset())["eval_loss"],
     }
     if from_folder:
@@ -216,8 +220,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    parser.add_argument(
+        "--accelerate", action="store_true", help="under accelerate launch: only bert_spg, in folder 'accelerate'"
+    )
     options = parser.parse_args()
     skip_shared_memory_op()
+    if options.accelerate:
+        train("accelerate", "bert_spg", "bert", options.output_dir, spg_activation="none")
+        return
     runs(None, options.output_dir)
     for stage in options.stages:
         runs(stage, options.output_dir)

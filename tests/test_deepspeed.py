@@ -17,11 +17,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
 import torch
 import transformers
+from accelerate.commands.config.config_args import load_config_from_file
 from conftest import torchrun
 
 pytestmark = [
@@ -33,6 +36,7 @@ pytestmark = [
 ]
 
 WORKER = os.path.join(os.path.dirname(__file__), "deepspeed_train_worker.py")
+ACCELERATE_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "accelerate")
 STAGES = (2, 3)
 FAMILIES = {
     "bert": "BertForSequenceClassification",
@@ -188,3 +192,52 @@ def test_zero_refuses_a_checkpoint_of_the_other_mode(zero_runs, stage):
     """A plain run's checkpoint resumed with SPG on is refused with SPGTrainer's reason, as without DeepSpeed."""
     error = results(zero_runs, stage, "bert_on_from_off")["error"]
     assert error.startswith("ValueError") and "spg_enabled=False" in error
+
+
+def test_accelerate_launch_with_the_zero3_config(zero_runs, tmp_path):
+    """configs/accelerate/deepspeed_zero3.yaml as users launch it (on CPU: one process, no mixed precision): the
+    launcher's DeepSpeed settings reach SPGTrainer, and it trains as without DeepSpeed."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        os.path.join(ACCELERATE_CONFIGS, "deepspeed_zero3.yaml"), "--mixed_precision", "no", "--num_processes", "1",
+        WORKER, "--output_dir", str(tmp_path), "--accelerate",
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"accelerate launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    launched = results(str(tmp_path), "accelerate", "bert_spg")
+    # ZeRO-3 keeps this tiny model's weights whole (each is under stage3_param_persistence_threshold, which the
+    # accelerate config does not set); the runs above partition them.
+    assert launched["deepspeed"] and launched["zero_stage"] == 3
+    assert_same_run(launched, results(zero_runs, None, "bert_spg"))
+
+
+# config file -> (accelerate's distributed type, settings it must hold)
+CONFIGS = {
+    "single_gpu.yaml": ("NO", {"num_processes": 1}),
+    "multi_gpu.yaml": ("MULTI_GPU", {}),
+    "fsdp.yaml": (
+        "FSDP",
+        {"fsdp_config": {"fsdp_sharding_strategy": "FULL_SHARD", "fsdp_use_orig_params": True}},
+    ),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", {"deepspeed_config": {"zero_stage": 2}}),
+    "deepspeed_zero3.yaml": (
+        "DEEPSPEED",
+        {"deepspeed_config": {"zero_stage": 3, "zero3_init_flag": True, "zero3_save_16bit_model": True}},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_accelerate_config_parses_and_says_where_it_ran(name):
+    path = os.path.join(ACCELERATE_CONFIGS, name)
+    config = load_config_from_file(path)
+    distributed_type, settings = CONFIGS[name]
+    assert config.distributed_type == distributed_type and config.mixed_precision == "bf16"
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            assert value.items() <= getattr(config, key).items(), key
+        else:
+            assert getattr(config, key) == value, key
+    with open(path) as file:
+        assert "# Where it was run:" in file.read()
