@@ -24,6 +24,7 @@ Peak memory:
   absolute peak (incl. the interpreter, libraries and weights). Linux only.
 
 Example: python bench/overhead.py --steps 20 --warmup 2 --batch-size 32 --seq-len 128 --device auto
+On a GPU, in bf16 (as scripts/gpu_check.sh runs it): python bench/overhead.py --device cuda --precision bf16
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128, help="segmentation tasks: square images of this size")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="Trainer's mixed precision for both methods: bf16=True / fp16=True (fp16 needs cuda), or none",
+    )
     parser.add_argument("--task", choices=sorted(TASKS), default="text-classification", help=TASK_HELP)
     parser.add_argument("--model", default=MODEL, help="model folder or hub id (default: %(default)s)")
     parser.add_argument(
@@ -99,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.precision == "fp16" and args.device != "cuda":
+        parser.error("--precision fp16: Trainer's fp16 needs a CUDA device")
     return args
 
 
@@ -306,6 +315,8 @@ def build_trainer(method: str, args: argparse.Namespace, steps: int, output_dir:
         report_to=[],
         disable_tqdm=True,
         use_cpu=args.device == "cpu",
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
         seed=42,
     )
     if method == "plain":
@@ -511,7 +522,10 @@ def main() -> None:
     shape = (
         f"images {args.image_size}x{args.image_size}" if args.task in SEGMENTATION_TASKS else f"length {args.seq_len}"
     )
-    print(f"{args.task}; {report['machine']}; batch {args.batch_size}, {shape}, {args.steps} measured steps each")
+    print(
+        f"{args.task}; {report['machine']}; {args.precision}; batch {args.batch_size}, {shape}, "
+        f"{args.steps} measured steps each"
+    )
     for clock in clocks:
         timing = report[f"step_time_{clock}"]
         print(
