@@ -1,10 +1,12 @@
-"""spg-hf compare (spg_hf/compare.py): the paired statistics against hand-computed numbers, then the command against a
-stub training script that writes known metrics per arm and seed (the paired table and verdict, resuming after an
-interruption, a failing run, each bad input's error after at most one run), and one real run_glue_spg.py comparison
-(2 seeds, a tiny random BERT on 32 RTE examples)."""
+"""spg-hf compare (the spg_hf.compare package): the paired statistics against hand-computed numbers, which way each
+metric is better, then the command against stub training scripts that write known metrics per arm and seed (the
+paired table and verdict, an error rate whose worse arm must be "behind", resuming after an interruption, one
+experiment per results folder, a refused call that writes nothing, a failing run, each bad input's error after at
+most one run), and one real run_glue_spg.py comparison (2 seeds, a tiny random BERT on 32 RTE examples)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +22,7 @@ from scipy import stats
 from spg_hf import compare
 
 REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = Path("/work/shared/data/glue")
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared/data/glue"))
 
 # Per seed: the plain arm's accuracy, and what the spg arm adds to it.
 PLAIN_ACCURACY = {1: 0.70, 2: 0.60, 3: 0.65}
@@ -31,6 +33,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--seed", type=int, required=True)
 parser.add_argument("--output_dir", required=True)
 parser.add_argument("--spg_enabled", default="true")
+parser.add_argument("--learning_rate", type=float, default=5e-5)
 args = parser.parse_args()
 with open(os.environ["STUB_CALLS"], "a") as calls:
     calls.write(f"{{args.spg_enabled}} {{args.seed}} {{os.getpid()}}\\n")
@@ -109,6 +112,22 @@ def test_main_metric_and_metric_names():
     assert not compare.higher_is_better("eval_loss") and not compare.higher_is_better("eval_expected_calibration_error")
 
 
+def test_direction_by_name_by_flag_or_assumed():
+    assert str(compare.metric_direction("eval_cer")) == "lower is better"
+    assert str(compare.metric_direction("eval_matthews_correlation")) == "higher is better"
+    for name in ("eval_accuracy", "test_f1", "exact_match", "HasAns_exact", "eval_pearson", "eval_rougeL"):
+        assert compare.metric_direction(name) == compare.Direction(True, "name"), name
+    for name in ("eval_loss", "test_mean_squared_error", "eval_expected_calibration_error", "eval_runtime"):
+        assert compare.metric_direction(name) == compare.Direction(False, "name"), name
+    # An unknown metric is assumed higher-is-better, and says so; a flag says it for any metric.
+    assert str(compare.metric_direction("eval_bleurt_distance")) == "higher is better, assumed"
+    assert str(compare.metric_direction("eval_bleurt_distance", False)) == "lower is better, per --lower-is-better"
+    assert str(compare.metric_direction("cer", False)) == "lower is better, per --lower-is-better"
+    # A flag against a metric known by name is a slip that would turn the verdict round.
+    with pytest.raises(compare.CompareError, match="--greater-is-better contradicts eval_cer, which is better lower"):
+        compare.metric_direction("eval_cer", True)
+
+
 def test_paired_table_and_verdict_match_hand_computed_numbers(stub, tmp_path, capsys):
     out = tmp_path / "report"
     assert compare.spg_hf_main(["compare", "--out", str(out), "--jobs", "2", "--threads", "1", "--", *stub]) == 0
@@ -135,7 +154,10 @@ def test_paired_table_and_verdict_match_hand_computed_numbers(stub, tmp_path, ca
     assert pair["wins"] == 3 and pair["seeds"] == [1, 2, 3]
     loss = summary["metrics"]["eval_loss"]
     assert not loss["higher_is_better"] and loss["paired"]["spg"]["wins"] == 3  # lower loss on every seed
-    verdict = "spg level with plain: eval_accuracy +0.03, 95% interval [-0.03572, +0.09572], better on 3 of 3 seeds."
+    verdict = (
+        "spg level with plain: eval_accuracy +0.03 (higher is better), 95% interval [-0.03572, +0.09572], "
+        "better on 3 of 3 seeds."
+    )
     assert summary["verdict"] == verdict
     report = (out / "report.md").read_text()
     assert report.startswith(f"# Does SPG pay? {verdict}\n")
@@ -155,16 +177,21 @@ def test_paired_table_and_verdict_match_hand_computed_numbers(stub, tmp_path, ca
     assert compare.main(["--out", str(out), "--report-only", "--metric", "loss"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["main_metric"] == "eval_loss"
-    assert summary["verdict"].startswith("spg level with plain: eval_loss -0.03, 95% interval [-0.09572, +0.03572]")
+    assert summary["verdict"].startswith(
+        "spg level with plain: eval_loss -0.03 (lower is better), 95% interval [-0.09572, +0.03572]"
+    )
 
 
 def test_verdict_words():
     def summary(low: float, high: float, higher_is_better: bool = True, n: int = 3) -> dict:
         pair = {"n": n, "mean": (low + high) / 2, "ci_low": low, "ci_high": high, "wins": 2}
-        section = {"higher_is_better": higher_is_better, "arms": {"plain": {}, "spg": {}}, "paired": {"spg": pair}}
+        section = {"higher_is_better": higher_is_better, "direction_source": "name", "arms": {"plain": {}, "spg": {}}}
+        section["paired"] = {"spg": pair}
         return {"main_metric": "eval_f1", "baseline": "plain", "metrics": {"eval_f1": section}}
 
-    assert compare.verdict(summary(0.01, 0.03)).startswith("spg ahead of plain: eval_f1 +0.02, 95% interval [+0.01,")
+    assert compare.verdict(summary(0.01, 0.03)).startswith(
+        "spg ahead of plain: eval_f1 +0.02 (higher is better), 95% interval [+0.01,"
+    )
     assert compare.verdict(summary(-0.03, -0.01)).startswith("spg behind plain")
     assert compare.verdict(summary(-0.03, -0.01, higher_is_better=False)).startswith("spg ahead of plain")
     assert compare.verdict(summary(-0.03, 0.01)).startswith("spg level with plain")
@@ -201,8 +228,9 @@ def test_resumes_after_an_interruption_and_redoes_the_cut_off_run(stub, tmp_path
     ]
     assert not (out / "plain/seed2/stale.txt").exists()
     # The same folder with another command is refused, naming both.
-    with pytest.raises(SystemExit, match="already holds plain seed 1 with other flags"):
+    with pytest.raises(SystemExit, match="holds the rows of another experiment") as refusal:
         compare.main(["--out", str(out), "--", *stub, "--spg_enabled", "true"])
+    assert f"this command:\n  command: {' '.join(stub)} --spg_enabled true\n" in str(refusal.value)
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(stub, tmp_path, monkeypatch, capsys):
@@ -259,7 +287,16 @@ def test_command_line_errors(stub, tmp_path, capsys):
         "two --arm options have the same name": ["--out", str(tmp_path), "--arm", "a=", "--arm", "a=-x", "--", *stub],
         "--baseline other: no such arm; arms: plain, spg": ["--out", str(tmp_path), "--baseline", "other", "--", "x"],
         "--seeds must be at least 1": ["--out", str(tmp_path), "--seeds", "0", "--", "x"],
-        "comparison.json not found": ["--out", str(tmp_path), "--report-only"],
+        "--report-only rebuilds the report from the rows": ["--out", str(tmp_path), "--report-only", "--", "x"],
+        "--lower-is-better says which way the metric named by --metric is better": [
+            *("--out", str(tmp_path), "--lower-is-better", "--", "x"),
+        ],
+        "--greater-is-better contradicts eval_loss": [
+            *("--out", str(tmp_path), "--metric", "eval_loss", "--greater-is-better", "--", "x"),
+        ],
+        "not allowed with argument --greater-is-better": [
+            *("--out", str(tmp_path), "--metric", "x", "--greater-is-better", "--lower-is-better", "--", "x"),
+        ],
     }
     for message, argv in errors.items():
         with pytest.raises(SystemExit):
@@ -270,6 +307,8 @@ def test_command_line_errors(stub, tmp_path, capsys):
     )
     assert comparison.seeds == (4, 5) and comparison.baseline == "b" and args.threads >= 1
     assert [job.command for job in comparison.jobs()[:2]] == [("t", "--x", "4", "--seed", "4"), ("t", "--seed", "4")]
+    with pytest.raises(SystemExit, match="no finished runs in .*raw.jsonl: nothing to report"):
+        compare.main(["--out", str(tmp_path), "--report-only"])
 
 
 @pytest.mark.slow
@@ -299,3 +338,151 @@ def test_real_run_glue_spg_comparison(tmp_path):
     pair = summary["metrics"]["eval_accuracy"]["paired"]["spg"]
     assert pair["mean"] == pytest.approx((by["spg", 1] - by["plain", 1] + by["spg", 2] - by["plain", 2]) / 2)
     assert summary["verdict"].startswith(("spg ahead of plain", "spg level with plain", "spg behind plain"))
+
+
+# ---- a verdict that cannot be wrong (issue 41) ----
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["cer", "wer", "mse", "rmse", "mae", "perplexity", "eval_cer", "test_wer", "eval_rmse", "test_perplexity"],
+)
+def test_error_rates_are_lower_is_better_by_name(metric):
+    assert not compare.higher_is_better(metric)
+
+
+def test_statistics_import_without_matplotlib():
+    blocked = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # `import matplotlib` now raises ImportError
+        "from spg_hf.compare.stats import paired_difference\n"
+        "print(paired_difference([0.3, 0.5], [0.2, 0.3])['mean'])"
+    )
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(0.15)
+
+
+# A CTC-like script: its metric is a character error rate (also written under a name spg-hf does not know), and the
+# spg arm's is worse, higher, on every seed. The optional config file is only named, as a real script's would be.
+ERROR_RATE_STUB = """
+import argparse, json, os
+parser = argparse.ArgumentParser()
+parser.add_argument("config", nargs="?")
+parser.add_argument("--seed", type=int, required=True)
+parser.add_argument("--output_dir", required=True)
+parser.add_argument("--spg_enabled", default="true")
+args = parser.parse_args()
+cer = {1: 0.20, 2: 0.25, 3: 0.22}[args.seed]
+if args.spg_enabled == "true":
+    cer += {1: 0.05, 2: 0.06, 3: 0.04}[args.seed]
+os.makedirs(args.output_dir, exist_ok=True)
+with open(os.path.join(args.output_dir, "eval_results.json"), "w") as results:
+    json.dump({"epoch": 1.0, "eval_cer": cer, "eval_edit_distance": cer}, results)
+"""
+
+
+@pytest.fixture
+def error_rate_stub(tmp_path):
+    script = tmp_path / "train_ctc.py"
+    script.write_text(ERROR_RATE_STUB)
+    return [sys.executable, str(script)]
+
+
+def test_an_arm_with_a_worse_error_rate_is_behind(error_rate_stub, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert compare.main(["--out", str(out), "--metric", "cer", "--threads", "1", "--", *error_rate_stub]) == 0
+    verdict = json.loads((out / "summary.json").read_text())["verdict"]
+    # Differences 0.05, 0.06, 0.04: mean 0.05, sd 0.01, half width 4.302653 * 0.01 / sqrt(3) = 0.0248414.
+    assert verdict == (
+        "spg behind plain: eval_cer +0.05 (lower is better), 95% interval [+0.02516, +0.07484], better on 0 of 3 seeds."
+    )
+    assert "## eval_cer (main metric, lower is better)" in (out / "report.md").read_text()
+    assert capsys.readouterr().out.rstrip().endswith(verdict)
+
+    # The same runs on a metric spg-hf does not know: the report says it assumed higher is better...
+    assert compare.main(["--out", str(out), "--report-only", "--metric", "edit_distance"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Does SPG pay? spg ahead of plain: eval_edit_distance +0.05 (higher is better, assumed)")
+    assert "**Direction assumed:** spg-hf does not know which way eval_edit_distance is better" in report
+    # ... and a flag says which way it is better.
+    assert compare.main(["--out", str(out), "--report-only", "--metric", "edit_distance", "--lower-is-better"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"].startswith("spg behind plain: eval_edit_distance +0.05 (lower is better, per --lower-is")
+    assert "Direction assumed" not in (out / "report.md").read_text()
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_second_experiment_in_the_same_folder_is_refused_before_anything_runs(stub, tmp_path):
+    out = tmp_path / "report"
+    assert compare.main(["--out", str(out), "--seeds", "2", "--threads", "1", "--", *stub]) == 0
+    before = folder_state(out)
+    # Other seeds, so no (arm, seed) of the folder is asked for again, and another command: another experiment.
+    other = ["--out", str(out), "--seeds", "1", "--first-seed", "3", "--threads", "1"]
+    other += ["--", *stub, "--learning_rate", "1e-3"]
+    with pytest.raises(SystemExit, match="holds the rows of another experiment") as refusal:
+        compare.main(other)
+    assert len(calls(tmp_path)) == 4 and folder_state(out) == before
+    message = str(refusal.value)
+    assert f"\n  command: {' '.join(stub)}\n" in message and f" {' '.join(stub)} --learning_rate 1e-3\n" in message
+    assert "They differ in: command." in message and "--force-new to move" in message
+
+    # --force-new moves the folder aside, whole, and starts the new experiment in its place.
+    assert compare.main(["--force-new", *other]) == 0
+    (aside,) = tmp_path.glob("report.moved-*")
+    assert folder_state(aside) == before
+    rows = compare.load_rows(out / compare.RAW_FILE)
+    assert sorted((row["arm"], row["seed"]) for row in rows) == [("plain", 3), ("spg", 3)]
+    assert {row["experiment"]["command"][-1] for row in rows} == {"1e-3"}
+    # Other seeds of the same experiment extend it.
+    assert compare.main([*other[:3], "2", "--first-seed", "2", *other[6:]]) == 0
+    assert len(compare.load_rows(out / compare.RAW_FILE)) == 4 and calls(tmp_path)[-2:] == [("false", 2), ("true", 2)]
+
+
+def test_a_changed_config_file_is_another_experiment(error_rate_stub, tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("learning_rate: 2e-5\n")
+    argv = ["--out", str(tmp_path / "report"), "--seeds", "1", "--metric", "cer", "--", *error_rate_stub, str(config)]
+    assert compare.main(argv) == 0
+    config.write_text("learning_rate: 5e-5\n")
+    with pytest.raises(SystemExit, match="They differ in: config files") as refusal:
+        compare.main(argv)
+    digests = [
+        hashlib.sha256(text.encode()).hexdigest()[:12] for text in ("learning_rate: 2e-5\n", "learning_rate: 5e-5\n")
+    ]
+    assert all(f"config files: {config} (sha256 {digest})" in str(refusal.value) for digest in digests)
+
+
+def test_a_refused_call_writes_nothing_and_the_report_keeps_the_folders_command(stub, tmp_path):
+    out = tmp_path / "report"
+    assert compare.main(["--out", str(out), "--seeds", "2", "--threads", "1", "--", *stub]) == 0
+    before = folder_state(out)
+    with pytest.raises(SystemExit):
+        compare.main(["--out", str(out), "--seeds", "2", "--", *stub, "--learning_rate", "1e-3"])
+    assert folder_state(out) == before
+    assert compare.main(["--out", str(out), "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert "--learning_rate" not in report and f"Command: `{' '.join(stub)}`" in report
+    # The report lists the command each row ran.
+    assert f"- spg seed 2: `{' '.join(stub)} --spg_enabled true --seed 2 --output_dir spg/seed2`" in report
+
+
+def test_rows_of_an_earlier_spg_hf_compare_are_reported_when_its_comparison_json_describes_them(tmp_path):
+    """Results folders of the version before rows recorded their experiment (bench/results/compare/* and
+    bench/results/retrain/*) take it from comparison.json, which a refused call of that version could overwrite."""
+    source = REPO / "bench/results/compare/fsdd_wav2vec2_tiny"
+    for name in ("raw.jsonl", "comparison.json"):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    assert compare.main(["--out", str(tmp_path), "--report-only"]) == 0
+    recorded = json.loads((source / "summary.json").read_text())["verdict"]
+    verdict = json.loads((tmp_path / "summary.json").read_text())["verdict"]
+    assert verdict == recorded.replace(": eval_accuracy -0.012,", ": eval_accuracy -0.012 (higher is better),")
+    assert "Config files: not recorded (rows of an earlier spg-hf compare)." in (tmp_path / "report.md").read_text()
+
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    saved["command"].append("--num_train_epochs=9")  # what a refused call of that version would have written
+    (tmp_path / "comparison.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="plain seed 1 ran `.*`, which is not what .*comparison.json describes"):
+        compare.main(["--out", str(tmp_path), "--report-only"])

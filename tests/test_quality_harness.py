@@ -261,7 +261,7 @@ def test_eta_uses_the_wall_times_of_earlier_starts(tmp_path, monkeypatch, capsys
     def execute(job, *args):  # every new run takes 1 minute per epoch
         return {"metrics": {"eval_accuracy": 0.5}, "wall_s": 60.0 * job.cost_units, "flags": list(job.flags)}
 
-    monkeypatch.setattr(compare, "execute", execute)
+    monkeypatch.setattr("spg_hf.compare.runner.execute", execute)  # where run_jobs looks it up
     assert run.run_sweep(runs, settings, tmp_path, Path("unused"), threads=1, jobs=1, report=lambda: None) == 0
     lines = capsys.readouterr().out.splitlines()
     # Whole-set runs from seed 1's 10 min per epoch, the subset run from the only kind known (whole-set, 10 min).

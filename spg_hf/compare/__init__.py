@@ -15,7 +15,14 @@ What bench/ and the tests use is exported here.
 from spg_hf.compare.cli import main, parse_args, run_comparison, spg_hf_main, split_at_double_dash
 from spg_hf.compare.comparison import DEFAULT_ARMS, Comparison
 from spg_hf.compare.errors import CompareError, RunFailed
-from spg_hf.compare.metrics import MAIN_METRIC_PREFERENCE, SECONDARY_METRICS, higher_is_better, resolve_metric
+from spg_hf.compare.metrics import (
+    MAIN_METRIC_PREFERENCE,
+    SECONDARY_METRICS,
+    Direction,
+    higher_is_better,
+    metric_direction,
+    resolve_metric,
+)
 from spg_hf.compare.report import draw_per_seed, save_figure, summarize, verdict, write_report
 from spg_hf.compare.rows import RAW_FILE, append_rows, load_rows
 from spg_hf.compare.runner import KEPT_FILES, METRICS_FILES, Job, device_name, run_jobs
@@ -30,6 +37,7 @@ __all__ = [
     "SECONDARY_METRICS",
     "Comparison",
     "CompareError",
+    "Direction",
     "Job",
     "RunFailed",
     "append_rows",
@@ -39,6 +47,7 @@ __all__ = [
     "higher_is_better",
     "load_rows",
     "main",
+    "metric_direction",
     "pair_by_seed",
     "paired_difference",
     "parse_args",

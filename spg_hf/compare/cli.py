@@ -18,6 +18,17 @@ SPG settings, else the library's defaults). Every finished run is one row of <ou
 command skips them and redoes a run that was cut off. Besides the rows: report.md (verdict, paired tables, every run),
 summary.json, per_seed.png (with matplotlib installed) and each run's folder and log.
 
+Which way a metric is better: lower for losses, error rates (cer, wer), regression errors (mse, rmse, mae),
+perplexity and calibration errors, higher for accuracy, F1, correlations, exact match and the like, by name with or
+without an eval_/test_ prefix. --greater-is-better / --lower-is-better say it for the --metric; for a metric it
+does not know the report says that it assumed higher.
+
+One experiment per folder: every row records the command, the arms' flags, the metric and its direction flag, and
+the content hash of each config file (.yaml, .yml, .json, .toml, .cfg, .ini) the command or the arms name. A command
+whose experiment differs from the folder's rows is refused before anything runs or is written; give it another
+--out, or --force-new to move the folder aside (to <out>.moved-<date>-<time>) and start afresh. More seeds, another
+--baseline or --also extend or reread the same experiment. --report-only rebuilds the report from the rows alone.
+
 The run loop, the resumable rows and the paired statistics are also what bench/quality (the GLUE sweeps) runs on.
 """
 
@@ -26,34 +37,41 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from spg_hf.compare.comparison import COMPARISON_FILE, DEFAULT_ARMS, Comparison
+from spg_hf.compare.comparison import DEFAULT_ARMS, Comparison, check_one_experiment, move_aside, read_rows
 from spg_hf.compare.errors import CompareError
-from spg_hf.compare.metrics import MAIN_METRIC_PREFERENCE, SECONDARY_METRICS, resolve_metric
+from spg_hf.compare.metrics import DIRECTION_FLAGS, MAIN_METRIC_PREFERENCE, SECONDARY_METRICS, resolve_metric
 from spg_hf.compare.report import format_number, write_report
-from spg_hf.compare.rows import RAW_FILE
 from spg_hf.compare.runner import Job, run_jobs
 
 
 def run_comparison(
-    comparison: Comparison, out: Path, threads: int = 1, parallel: int = 1, keep_outputs: bool = False
+    comparison: Comparison,
+    out: Path,
+    threads: int = 1,
+    parallel: int = 1,
+    keep_outputs: bool = False,
+    force_new: bool = False,
 ) -> int:
-    """Run every arm and seed not yet in <out>, writing the report as runs finish; returns how many failed."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / COMPARISON_FILE).write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
+    """Run every arm and seed not yet in <out>, writing the report as runs finish; returns how many failed. Raises
+    CompareError, before anything is written, when <out> holds rows of another experiment; `force_new` first moves
+    a non-empty <out> aside (move_aside) instead."""
+    if force_new and (aside := move_aside(out)) is not None:
+        print(f"Moved the earlier contents of {out} to {aside}.", flush=True)
+    check_one_experiment(comparison, read_rows(out), out)
+    experiment, report_settings = comparison.experiment(), comparison.report_settings()
 
     def finish(job: Job, measured: dict) -> dict:
         source = f"{out / job.folder}'s metrics"
         for requested in (comparison.metric, *comparison.also):  # None: the main metric, which must be there
             resolve_metric(requested, measured["metrics"], source)
         arm, seed = job.key
-        return {"arm": arm, "seed": seed, "arm_flags": list(dict(comparison.arms)[arm])} | measured
+        return {"arm": arm, "seed": seed, "experiment": experiment, "report_settings": report_settings} | measured
 
     def headline(row: dict) -> str:
         metric = resolve_metric(comparison.metric, row["metrics"], row["output_dir"])
@@ -123,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRIC",
         help=f"more metrics to pair (always paired when present: {', '.join(SECONDARY_METRICS)})",
     )
+    direction = parser.add_mutually_exclusive_group()
+    for higher, flag in DIRECTION_FLAGS.items():
+        direction.add_argument(
+            flag,
+            dest="greater_is_better",
+            action="store_const",
+            const=higher,
+            help=f"the --metric is better {'higher' if higher else 'lower'} (default: by its name, else higher, "
+            "as the report then says)",
+        )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     parser.add_argument(
         "--threads", type=int, help="torch/OpenMP threads per run (default: the CPU cores divided by --jobs)"
@@ -134,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each run's whole output folder (default: only metrics, trainer_state.json and logs stay)",
     )
     parser.add_argument(
-        "--report-only", dest="report_only", action="store_true", help="rebuild the report from the finished runs"
+        "--force-new",
+        dest="force_new",
+        action="store_true",
+        help="move a non-empty --out aside to <out>.moved-<date>-<time> (nothing is deleted) and start afresh",
+    )
+    parser.add_argument(
+        "--report-only",
+        dest="report_only",
+        action="store_true",
+        help="rebuild the report from the finished runs' rows (--metric, --also, --baseline and the direction "
+        "flags may reread them)",
     )
     return parser
 
@@ -148,7 +186,8 @@ def split_at_double_dash(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv[:split], argv[split + 1 :]
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison]:
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison | None]:
+    """The options, and the comparison to run (None with --report-only: the rows define it, see reread)."""
     options, command = split_at_double_dash(argv)
     parser = build_parser()
     args = parser.parse_args(options)
@@ -156,43 +195,56 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, Comparison]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.report_only:
-        saved = args.out / COMPARISON_FILE
-        if not saved.is_file():
-            parser.error(f"--report-only: {saved} not found (no comparison was run into {args.out}).")
-        comparison = Comparison.from_json(json.loads(saved.read_text()))
-        # The report can pair other metrics of the same rows.
-        chosen = {"metric": args.metric or comparison.metric, "also": tuple(args.also) or comparison.also}
-        return args, dataclasses.replace(comparison, **chosen)
+        if command or args.force_new:
+            parser.error(
+                "--report-only rebuilds the report from the rows; it takes no training command or --force-new."
+            )
+        return args, None
     if not command:
         parser.error("give the training command after `--`, e.g. -- python run_glue_spg.py config.yaml")
     arms = dict(args.arms or DEFAULT_ARMS.items())
     if args.arms and len(arms) != len(args.arms):
         parser.error("two --arm options have the same name.")
-    baseline = args.baseline or next(iter(arms))
-    if baseline not in arms:
-        parser.error(f"--baseline {baseline}: no such arm; arms: {', '.join(arms)}.")
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    comparison = Comparison(
-        command=tuple(command),
-        arms=tuple(arms.items()),
-        baseline=baseline,
-        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
-        metric=args.metric,
-        also=tuple(args.also),
-    )
+    try:
+        comparison = Comparison.define(
+            command=command,
+            arms=list(arms.items()),
+            baseline=args.baseline or next(iter(arms)),
+            seeds=range(args.first_seed, args.first_seed + args.seeds),
+            metric=args.metric,
+            also=args.also,
+            greater_is_better=args.greater_is_better,
+        )
+    except CompareError as error:
+        parser.error(str(error))
     return args, comparison
+
+
+def reread(args: argparse.Namespace) -> Comparison:
+    """For --report-only: the comparison the rows of --out were made by, with what the options change in how they
+    are read. A direction flag goes with the metric: a new --metric without one is judged by its name."""
+    recorded = Comparison.from_rows(read_rows(args.out), args.out)
+    keeps_metric = args.metric is None and args.greater_is_better is None
+    return dataclasses.replace(
+        recorded,
+        metric=args.metric or recorded.metric,
+        greater_is_better=recorded.greater_is_better if keeps_metric else args.greater_is_better,
+        also=tuple(args.also) or recorded.also,
+        baseline=args.baseline or recorded.baseline,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m spg_hf.compare` / `spg-hf compare`: 0 when every run finished, 1 when some failed."""
     args, comparison = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.report_only:
-            final = write_report(args.out, comparison)
-            print(final or f"No finished runs in {args.out / RAW_FILE}; no report written.")
+        if comparison is None:
+            print(write_report(args.out, reread(args)))
             return 0
-        return 1 if run_comparison(comparison, args.out, args.threads, args.jobs, args.keep_outputs) else 0
+        failed = run_comparison(comparison, args.out, args.threads, args.jobs, args.keep_outputs, args.force_new)
+        return 1 if failed else 0
     except CompareError as error:
         raise SystemExit(f"spg-hf compare: error: {error}") from None
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from spg_hf.compare.comparison import Comparison
-from spg_hf.compare.metrics import SECONDARY_METRICS, higher_is_better, resolve_metric
-from spg_hf.compare.rows import RAW_FILE, load_rows
+from spg_hf.compare.comparison import Comparison, describe_config_files, read_rows
+from spg_hf.compare.metrics import DIRECTION_FLAGS, SECONDARY_METRICS, Direction, metric_direction, resolve_metric
 from spg_hf.compare.runner import duration
 from spg_hf.compare.stats import describe, pair_by_seed
 
@@ -29,14 +28,16 @@ def compared_metrics(comparison: Comparison, rows: Sequence[dict]) -> list[str]:
 
 
 def summarize(comparison: Comparison, rows: Sequence[dict]) -> dict:
-    """Per compared metric: each arm's mean and std over its seeds, its value per seed, and each other arm's paired
-    difference to the baseline arm (better-than-baseline counted as won: higher, or lower for a loss)."""
+    """Per compared metric: which way it is better (the main metric as the comparison says, else by name), each
+    arm's mean and std over its seeds, its value per seed, and each other arm's paired difference to the baseline
+    arm (better-than-baseline counted as won)."""
     arms = [arm for arm in comparison.arm_names if any(row["arm"] == arm for row in rows)]
     metrics = compared_metrics(comparison, rows)
     by_arm = {arm: {row["seed"]: row for row in rows if row["arm"] == arm} for arm in arms}
     summary: dict[str, Any] = {"baseline": comparison.baseline, "main_metric": metrics[0], "metrics": {}}
     for metric in metrics:
-        better_higher = higher_is_better(metric)
+        direction = metric_direction(metric, comparison.greater_is_better if metric == metrics[0] else None)
+        better_higher = direction.higher_is_better
         values = {arm: {seed: by_arm[arm][seed]["metrics"][metric] for seed in sorted(by_arm[arm])} for arm in arms}
         per_arm = {arm: describe(list(values[arm].values())) | {"per_seed": values[arm]} for arm in arms}
         paired = {}
@@ -45,7 +46,12 @@ def summarize(comparison: Comparison, rows: Sequence[dict]) -> dict:
                 pair = pair_by_seed(values[arm], values[comparison.baseline], better_higher)
                 if arm != comparison.baseline and pair is not None:
                     paired[arm] = pair
-        summary["metrics"][metric] = {"higher_is_better": better_higher, "arms": per_arm, "paired": paired}
+        summary["metrics"][metric] = {
+            "higher_is_better": better_higher,
+            "direction_source": direction.source,
+            "arms": per_arm,
+            "paired": paired,
+        }
     summary["verdict"] = verdict(summary)
     return summary
 
@@ -61,9 +67,14 @@ def _interval(pair: Mapping[str, float]) -> str:
     return f"[{format_number(pair['ci_low'], sign=True)}, {format_number(pair['ci_high'], sign=True)}]"
 
 
+def direction_of(section: Mapping[str, Any]) -> Direction:
+    """The direction a summary's metric section was compared in."""
+    return Direction(section["higher_is_better"], section["direction_source"])
+
+
 def verdict(summary: Mapping[str, Any]) -> str:
     """One line: each arm ahead of, level with or behind the baseline on the main metric at 95%, with the
-    interval; undecided with fewer than two paired seeds."""
+    metric's direction and the interval; undecided with fewer than two paired seeds."""
     main = summary["main_metric"]
     section = summary["metrics"][main]
     baseline = summary["baseline"]
@@ -80,7 +91,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
         else:
             standing = f"{arm} {'ahead of' if better else 'behind' if worse else 'level with'} {baseline}"
         parts.append(
-            f"{standing}: {main} {format_number(pair['mean'], sign=True)}, 95% interval {_interval(pair)}, "
+            f"{standing}: {main} {format_number(pair['mean'], sign=True)} ({direction_of(section)}), "
+            f"95% interval {_interval(pair)}, "
             f"better on {pair['wins']} of {pair['n']} seeds"
         )
     return "; ".join(parts) + "."
@@ -89,11 +101,14 @@ def verdict(summary: Mapping[str, Any]) -> str:
 def render_report(
     comparison: Comparison, rows: Sequence[dict], summary: Mapping[str, Any], failures: Sequence[str]
 ) -> str:
-    """report.md: the verdict, the command and arms, a paired table per metric, every run, failed runs."""
+    """report.md: the verdict, the experiment (command, config files, arms), metrics whose direction was assumed,
+    a paired table per metric, every run with its command, failed runs."""
     lines = [
         f"# Does SPG pay? {summary['verdict']}",
         "",
         f"Command: `{shlex.join(comparison.command)}` with `--seed <seed> --output_dir <arm>/seed<seed>` appended.",
+        "",
+        f"Config files: {describe_config_files(comparison.config_files)}.",
         "",
         "Arms: "
         + "; ".join(
@@ -103,11 +118,19 @@ def render_report(
         + ".",
         "",
         f"Difference: per seed, arm - {comparison.baseline}, mean and 95% Student-t interval over the paired seeds; "
-        "won: seeds where the arm was better (higher; for a loss or calibration error, lower).",
+        "won: seeds where the arm was better, in the direction its heading gives.",
     ]
+    assumed = [metric for metric, section in summary["metrics"].items() if section["direction_source"] == "assumed"]
+    if assumed:
+        lines += [
+            "",
+            f"**Direction assumed:** spg-hf does not know which way {', '.join(assumed)} is better and took higher "
+            f"as better. If lower is better, say so: `--metric <metric> {DIRECTION_FLAGS[False]}` (with "
+            "`--report-only` to reread these runs).",
+        ]
     for metric, section in summary["metrics"].items():
         role = "main metric, " if metric == summary["main_metric"] else ""
-        lines += ["", f"## {metric} ({role}{'higher' if section['higher_is_better'] else 'lower'} is better)", ""]
+        lines += ["", f"## {metric} ({role}{direction_of(section)})", ""]
         lines += [
             f"| arm | seeds | mean ± sd | per seed | diff vs {comparison.baseline} | 95% interval | won |",
             "|---|---|---|---|---|---|---|",
@@ -124,12 +147,18 @@ def render_report(
                 cells += [format_number(pair["mean"], sign=True), _interval(pair), f"{pair['wins']}/{pair['n']}{ties}"]
             lines.append("| " + " | ".join(cells) + " |")
     metrics = list(summary["metrics"])
+    runs = sorted(rows, key=lambda row: (comparison.arm_names.index(row["arm"]), row["seed"]))
     lines += ["", "## Runs", "", "| arm | seed | " + " | ".join(metrics) + " | wall time | device | output |"]
     lines.append("|---" * (len(metrics) + 5) + "|")
-    for row in sorted(rows, key=lambda row: (comparison.arm_names.index(row["arm"]), row["seed"])):
+    for row in runs:
         cells = [row["arm"], str(row["seed"]), *(format_number(row["metrics"][metric]) for metric in metrics)]
         cells += [duration(row["wall_s"]), row["device"], row["output_dir"]]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Each run's command (its --output_dir is inside this folder):", ""]
+    lines += [
+        f"- {row['arm']} seed {row['seed']}: `{shlex.join([*row['flags'], '--output_dir', row['output_dir']])}`"
+        for row in runs
+    ]
     if failures:
         lines += ["", "## Failed runs (rerun the same command to retry them)", ""]
         lines += [f"```\n{failure.rstrip()}\n```" for failure in failures]
@@ -172,7 +201,7 @@ def plot_per_seed(summary: Mapping[str, Any], path: Path) -> bool:
             for seed, value in values["per_seed"].items():
                 by_seed.setdefault(seed, {})[arm] = value
         draw_per_seed(axis, arms, by_seed, [section["arms"][arm]["mean"] for arm in arms])
-        axis.set_title(f"{metric} ({'higher' if section['higher_is_better'] else 'lower'} is better)", fontsize=9)
+        axis.set_title(f"{metric} ({direction_of(section)})", fontsize=9)
     save_figure(figure, axes, "per seed; bar = mean", path)
     return True
 
@@ -189,8 +218,9 @@ def save_figure(figure: Any, axes: Any, ylabel: str, path: Path) -> None:
 
 
 def write_report(out: Path, comparison: Comparison, failures: Sequence[str] = ()) -> str | None:
-    """report.md, summary.json and per_seed.png from the rows in `out`; returns the verdict (None without rows)."""
-    rows = [row for row in load_rows(out / RAW_FILE) if row["arm"] in comparison.arm_names]
+    """report.md, summary.json and per_seed.png from the rows in `out`, which hold `comparison`'s experiment only
+    (checked before they were written); returns the verdict (None without rows)."""
+    rows = read_rows(out)
     if not rows:
         return None
     summary = summarize(comparison, rows)
