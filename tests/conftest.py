@@ -260,6 +260,20 @@ def segmentation_dataset(size: int = 8, seed: int = 0) -> Dataset:
     return Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": labels.tolist()})
 
 
+def greedy_lm_dataset(size: int = 32, length: int = 12, seed: int = 0) -> Dataset:
+    """Sequences that tiny_model("LlamaForCausalLM", seed=seed) generates greedily from one random token each: its
+    base prediction is right at every labelled position, so SPG's chain has survivors to train on (on random tokens
+    a random LM has none)."""
+    model = tiny_model("LlamaForCausalLM", seed=seed, use_cache=False).eval()
+    first = torch.randint(5, 99, (size, 1), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ids = model.generate(
+            first, attention_mask=torch.ones_like(first), do_sample=False, max_new_tokens=length - 1,
+            min_new_tokens=length - 1, pad_token_id=0,
+        )  # fmt: skip
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+
 def image_dataset(size: int = 16, seed: int = 0) -> Dataset:
     """Random images whose label is the sign of the red channel's mean."""
     generator = torch.Generator().manual_seed(seed)

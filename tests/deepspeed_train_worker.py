@@ -28,27 +28,12 @@ from contextlib import nullcontext
 
 import safetensors.torch
 import torch
-from conftest import no_dropout, qa_dataset, text_dataset, tiny_model, token_dataset
-from datasets import Dataset
+from conftest import greedy_lm_dataset, no_dropout, qa_dataset, text_dataset, tiny_model, token_dataset
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.spg_trainer import CHAIN_ATTRIBUTE
 from spg_hf.tasks.cli import run_main
-
-
-def greedy_lm_dataset(size: int = 32, length: int = 12) -> Dataset:
-    """Sequences the tiny causal LM generates greedily from one random token each: its base prediction is right at
-    every labelled position, so the chain has survivors to train on (on random tokens it has none)."""
-    model = tiny_model("LlamaForCausalLM", use_cache=False).eval()
-    first = torch.randint(5, 99, (size, 1), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ids = model.generate(
-            first, attention_mask=torch.ones_like(first), do_sample=False, max_new_tokens=length - 1,
-            min_new_tokens=length - 1, pad_token_id=0,
-        )  # fmt: skip
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-
 
 FAMILIES = {
     # family -> (model class, training set): example-level (a pooled classifier, a span head) and token-level (a
