@@ -486,3 +486,22 @@ def test_rows_of_an_earlier_spg_hf_compare_are_reported_when_its_comparison_json
     (tmp_path / "comparison.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="plain seed 1 ran `.*`, which is not what .*comparison.json describes"):
         compare.main(["--out", str(tmp_path), "--report-only"])
+
+
+def test_rows_of_an_earlier_spg_hf_compare_without_config_files_can_be_resumed(stub, tmp_path):
+    """As bench/quality/retrain_then_spg.sh resumes bench/results/retrain/<task>: its command names no config file,
+    so the earlier rows lack nothing that defines the experiment."""
+    out = tmp_path / "report"
+    argv = ["--out", str(out), "--seeds", "1", "--threads", "1", "--", *stub]
+    assert compare.main(argv) == 0
+    # The same folder as the earlier version wrote it: rows without their experiment, and a comparison.json.
+    rows = compare.load_rows(out / compare.RAW_FILE)
+    earlier = [
+        {key: value for key, value in row.items() if key not in ("experiment", "report_settings")} for row in rows
+    ]
+    (out / compare.RAW_FILE).write_text("".join(json.dumps(row) + "\n" for row in earlier))
+    arms = {name: list(flags) for name, flags in compare.DEFAULT_ARMS.items()}
+    saved = {"command": stub, "arms": arms, "baseline": "plain", "seeds": [1], "metric": None, "also": []}
+    (out / "comparison.json").write_text(json.dumps(saved))
+    assert compare.main([*argv[:3], "2", *argv[4:]]) == 0
+    assert calls(tmp_path)[2:] == [("false", 2), ("true", 2)]

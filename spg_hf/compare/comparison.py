@@ -80,17 +80,12 @@ class Comparison:
     ) -> Comparison:
         """A new comparison, its config files hashed as they are now."""
         arms = tuple((name, tuple(flags)) for name, flags in arms)
-        named = [*command, *(flag for _, flags in arms for flag in flags)]
-        return cls(
-            tuple(command),
-            arms,
-            baseline,
-            tuple(seeds),
-            metric,
-            tuple(also),
-            greater_is_better,
-            hash_config_files(named),
-        )
+        comparison = cls(tuple(command), arms, baseline, tuple(seeds), metric, tuple(also), greater_is_better)
+        return dataclasses.replace(comparison, config_files=comparison.config_files_now())
+
+    def config_files_now(self) -> dict[str, str | None]:
+        """The hashes of the config files the command and the arms name, as the files are now."""
+        return hash_config_files([*self.command, *(flag for _, flags in self.arms for flag in flags)])
 
     @property
     def arm_names(self) -> list[str]:
@@ -193,6 +188,8 @@ def read_rows(out: Path) -> list[dict]:
     comparison = Comparison.from_record(
         saved | {"greater_is_better": None, "config_files": None}, saved, saved["seeds"]
     )
+    if not comparison.config_files_now():  # names no config file, so there was no content to record
+        comparison = dataclasses.replace(comparison, config_files={})
     for row in unrecorded:
         if row["arm"] not in comparison.arm_names or row["flags"] != list(comparison.argv(row["arm"], row["seed"])):
             raise CompareError(
