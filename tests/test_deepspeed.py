@@ -9,7 +9,7 @@ batch sizes for a world size of 1), so ZeRO across processes is left to a GPU ma
 Each DeepSpeed run is compared with the same run without DeepSpeed, made first in the same worker process: the
 logged loss per step to a relative 1e-5 (DeepSpeed sums gradients and clips on flattened buffers: float32 rounding,
 up to 1e-6 measured), survival per step and module exactly, the chain's and the model's final weights to 1e-4
-(up to 6e-6 measured).
+(up to 1.3e-6 measured; weights whose true gradient is 0 are left out, see WEIGHTS_COMPARED).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ FAMILIES = {
 # of up to the learning rate (1e-3 apart after 4 steps, with and without DeepSpeed alike).
 CHAIN_TRAINS = ("bert", "tokens", "llama")
 WEIGHTS_COMPARED = CHAIN_TRAINS
+# The same holds for attention key biases (a query's scores all shift alike): up to 6e-6 apart measured, the other
+# weights up to 1.3e-6.
+ZERO_GRADIENT = "attention.self.key.bias"
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-4
 
@@ -85,10 +88,12 @@ def tensors(output_dir: str, stage: int | None, run: str, prefix: str) -> dict[s
     return {name.removeprefix(prefix): t for name, t in saved.items() if name.startswith(prefix)}
 
 
-def assert_close(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+def assert_close(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], skip: str | None = None) -> None:
+    """Equal names and values within WEIGHT_TOLERANCE, names containing `skip` left out of the values."""
     assert first.keys() == second.keys() and first
     for name in first:
-        torch.testing.assert_close(first[name], second[name], rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
+        if skip is None or skip not in name:
+            torch.testing.assert_close(first[name], second[name], rtol=0, atol=WEIGHT_TOLERANCE, msg=name)
 
 
 def assert_same_run(zero: dict, plain: dict) -> None:
@@ -113,7 +118,8 @@ def test_zero_trains_spg_as_without_deepspeed(zero_runs, stage, family):
         assert any(t.any() for t in end.values()), "the chain's gathered weights never changed"
     if family in WEIGHTS_COMPARED:
         assert_close(end, tensors(zero_runs, None, run, "chain_end."))
-        assert_close(tensors(zero_runs, stage, run, "model."), tensors(zero_runs, None, run, "model."))
+        model, plain_model = (tensors(zero_runs, where, run, "model.") for where in (stage, None))
+        assert_close(model, plain_model, skip=ZERO_GRADIENT)
 
 
 @pytest.mark.parametrize("stage", STAGES)
