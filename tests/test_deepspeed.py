@@ -27,13 +27,8 @@ import transformers
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import torchrun
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("deepspeed") is None,
-        reason="deepspeed is not installed (pip install --no-build-isolation deepspeed; scripts/setup.sh does)",
-    ),
-]
+pytestmark = pytest.mark.slow
+NO_DEEPSPEED = "deepspeed is not installed (pip install --no-build-isolation deepspeed; scripts/setup.sh does)"
 
 WORKER = os.path.join(os.path.dirname(__file__), "deepspeed_train_worker.py")
 ACCELERATE_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "accelerate")
@@ -72,6 +67,9 @@ MODE_CHECK_BUG = (
 
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory) -> str:
+    """Every test that runs DeepSpeed takes this fixture: without deepspeed they skip, the config checks run."""
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip(NO_DEEPSPEED)
     output_dir = str(tmp_path_factory.mktemp("deepspeed"))
     result = torchrun(WORKER, "--output_dir", output_dir, processes=1, timeout=600)
     assert result.returncode == 0, f"DeepSpeed worker failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
