@@ -14,6 +14,7 @@ family, Qwen2 and Mistral Llama's. A family says
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.trainer_utils import unwrap_peft_model
 
-from spg_hf.spg import CTCTargets, SegmentationTargets
+from spg_hf.objectives import IGNORE_INDEX, TASK_OBJECTIVES, Logits, configured_objective
 
 HeadFn = Callable[[PreTrainedModel, torch.Tensor, dict[str, Any]], Any]
 
@@ -45,7 +47,6 @@ TASK_SUFFIXES = {
 }
 NAMED_HEAD = "spg_head"  # the family of a head named with SPGTrainingArguments.spg_head
 AUXILIARY_HEAD = "auxiliary_head"  # the family of a model's auxiliary head (AuxiliaryHead)
-IGNORE_INDEX = -100  # the label of a position that is no trajectory, as transformers' losses ignore it
 # Tasks whose trajectories are positions (every labelled token), not examples.
 TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm", "seq2seq_lm")
 
@@ -74,8 +75,11 @@ class HeadFamily:
     # The head ends in a linear `classifier` on a pooled vector: the reference code's "pooled" attach point.
     offers_pooled: bool = False
     # A head named with `spg_head` is the capture module itself: its output is the model's prediction, read where
-    # it is computed, and its objective and feature width were read from one example (`named_head_family`).
+    # it is computed, and its feature width and possible objectives were read from one example (`named_head_family`).
     prediction_at_capture: bool = False
+    readings: tuple[str, ...] = ()
+    # Set by the construction check (`check_spg_support`): the objective whose loss is the model's, and the width
+    # of the state the head reads, as captured.
     objective: str | None = None
     feature_width: int | None = None
     classes: int | None = None
@@ -85,6 +89,16 @@ class HeadFamily:
     def pooled_form(self) -> HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
         return replace(self, capture="classifier", reads=READS_VECTOR, head=_classifier_head)
+
+    def objective_names(self, model: nn.Module) -> tuple[str, ...]:
+        """The objectives (`spg_hf.objectives.OBJECTIVES`) this family's predictions may be scored by, the one its
+        config or output shape says first; the loss check picks the one whose loss is the model's."""
+        if self.objective is not None:
+            return (self.objective,)
+        if self.readings:
+            return self.readings
+        configured = configured_objective(self.task, model.config)
+        return (configured, *(name for name in TASK_OBJECTIVES[self.task] if name != configured))
 
     def auxiliary_head(self, model: nn.Module) -> AuxiliaryHead | None:
         return None if self.auxiliary is None else self.auxiliary(model)
@@ -130,8 +144,9 @@ class HeadFamily:
         return state
 
     def width(self, model: PreTrainedModel) -> int:
-        """Feature width of the captured state: the in_features of the capturing module's first linear layer (the
-        in_channels of a convolution, for a feature map), or the model's hidden size for the base model's output."""
+        """Feature width of the state the head reads: as captured by the construction check, or where it did not run
+        (DeepSpeed) the in_features of the capturing module's first linear layer (the in_channels of a convolution,
+        for a feature map), or the model's hidden size for the base model's output."""
         if self.feature_width is not None:
             return self.feature_width
         if self.capture is None:
@@ -153,6 +168,18 @@ class AuxiliaryHead:
 def first_input(args: tuple, kwargs: dict) -> Any:
     """A module call's first argument, positional or keyword."""
     return args[0] if args else next(iter(kwargs.values()))
+
+
+def register_call_inputs(model: nn.Module, receive: Callable[[dict[str, Any]], None]) -> Any:
+    """Hooks `receive(inputs)` onto every call of the task model with the inputs it is called with, by name: what
+    its head reads (input_ids, attention_mask), which are not the batch's where an adapter changes them (PEFT's
+    prompt learning prepends virtual tokens and hands the model inputs_embeds). Returns the hook's handle."""
+    names = list(inspect.signature(model.forward).parameters)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        receive({**dict(zip(names, args, strict=False)), **kwargs})  # positional arguments by name
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def last_non_padding_position(model: PreTrainedModel, inputs: dict[str, Any], device: torch.device) -> Any:
@@ -379,7 +406,8 @@ def segmentation_auxiliary(model: nn.Module) -> AuxiliaryHead | None:
         return None
     path = next(name for name, module in model.named_modules() if module is classifier)
     family = module_head_family(
-        AUXILIARY_HEAD, path, "semantic_segmentation", "segmentation", classifier.in_channels, classifier.out_channels,
+        AUXILIARY_HEAD, path, "semantic_segmentation", ("segmentation",), classifier.in_channels,
+        classifier.out_channels,
         f"`{path}`, the auxiliary head's class convolution",
     )  # fmt: skip
     return AuxiliaryHead(family, model.config.auxiliary_loss_weight)
@@ -617,7 +645,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         "causal_lm_head",
         "causal_lm",
         "the child module holding the output embeddings (`lm_head`), then the config's `logit_scale` or "
-        "`final_logit_softcapping`; labels shifted by one as the model's loss does",
+        "`final_logit_softcapping`; labels as the model's loss reads them (shifted by one; unshifted for XLNet)",
         lambda m: lm_head_module(m) is not None,
         _lm_head,
         READS_LABELLED,
@@ -634,51 +662,6 @@ FAMILIES: tuple[HeadFamily, ...] = (
         capture=lm_head_module,
     ),
 )
-
-
-def token_targets(task: str, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
-    """Per position, the label its logits predict (-100: not a trajectory), as the model's own loss pairs them:
-    causal language models predict the next token (labels shifted left by one, or the `shift_labels` input). In
-    packed or padding-free batches (`position_ids` restarting at 0) the last token of a sequence predicts nothing:
-    no trajectory crosses into the next sequence, whatever the collator did to the labels."""
-    if task != "causal_lm":
-        return labels
-    if inputs.get("shift_labels") is not None:
-        return inputs["shift_labels"]
-    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-    position_ids = inputs.get("position_ids")
-    if position_ids is not None and position_ids.shape == labels.shape:
-        next_starts_a_sequence = F.pad(position_ids[..., 1:] == 0, (0, 1), value=True)
-        targets = targets.masked_fill(next_starts_a_sequence, IGNORE_INDEX)
-    return targets
-
-
-def segmentation_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> SegmentationTargets:
-    """The labels and the label the model's loss ignores (`semantic_loss_ignore_index`, UperNet's
-    `loss_ignore_index`; 255 where the config names none)."""
-    config = getattr(model, "config", None)  # a model of your own (spg_head) has none: 255, as torchvision's recipes
-    ignore_index = getattr(config, "semantic_loss_ignore_index", getattr(config, "loss_ignore_index", 255))
-    return SegmentationTargets(inputs["labels"], ignore_index)
-
-
-def ctc_targets(model: PreTrainedModel, inputs: dict[str, Any]) -> CTCTargets:
-    """The labels of a CTC model's batch and, per utterance, the frames its loss reads, as its forward computes them:
-    the feature encoder's output length for the attention mask's sum (the whole input without a mask); blank,
-    reduction and zero_infinity from its config."""
-    features = inputs[model.main_input_name]
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
-    else:
-        lengths = attention_mask.sum(-1)
-    config = model.config
-    return CTCTargets(
-        inputs["labels"],
-        model._get_feat_extract_output_lengths(lengths).to(torch.long),
-        config.pad_token_id,
-        config.ctc_loss_reduction,
-        config.ctc_zero_infinity,
-    )
 
 
 def task_of(model: nn.Module) -> str | None:
@@ -761,24 +744,52 @@ def _next_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return log_probs.masked_fill(next_labels == IGNORE_INDEX, 0.0)
 
 
-def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> None:
-    """Runs the model once in eval mode on `batch` and checks what SPG relies on: the forward calls the module the
-    family captures, and the family's head on the captured state reproduces the model's own logits. A model that
-    matches a family by its modules but computes its prediction another way (its forward bypasses the head module,
-    or the head reads another shape) gets a ValueError that names the family and what failed, before training."""
+@dataclass(frozen=True)
+class HeadCheck:
+    """What the construction check saw on one batch: each head's prediction as the family computes it from the state
+    it captures (the main head's, then the auxiliary head's), the width of the state the main head reads, and the
+    loss Trainer computes for the batch (None where it computes none: no labels, or a model that returns no loss)."""
+
+    predictions: list[Logits]
+    width: int
+    loss: torch.Tensor | None
+
+
+def _model_loss(outputs: Any) -> torch.Tensor | None:
+    loss = outputs.get("loss") if isinstance(outputs, dict) else None
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+def verify_head(
+    trained: nn.Module,
+    family: HeadFamily,
+    batch: dict[str, Any],
+    forward: Callable[[dict[str, Any]], tuple[torch.Tensor | None, Any]] | None = None,
+) -> HeadCheck:
+    """Runs `trained` (the model Trainer trains: the task model, or a PeftModel around it) once in eval mode on
+    `batch`, through `forward` (Trainer's loss computation, returning the loss and the outputs; by default the
+    model's own call), and checks what SPG relies on: the forward calls the module the family captures, and the
+    family's head on the captured state, given the inputs the task model was called with, reproduces the model's own
+    logits (a head named with spg_head is its own prediction). A model that matches a family by its modules but
+    computes its prediction another way gets a ValueError that names the family and what failed, before training."""
+    model = unwrap_peft_model(trained)
     name = type(model).__name__
     refusal = f"SPG does not support {name} with head family {family.name} ({family.rule}): "
-    captured: list[torch.Tensor] = []
-    handles = [family.register_capture(model, captured.append)]
+    captured: list[tuple[torch.Tensor, Any]] = []
+    call_inputs: list[dict[str, Any]] = []
+    handles = [
+        family.register_capture(model, lambda state, output=None: captured.append((state, output))),
+        register_call_inputs(model, call_inputs.append),
+    ]
     auxiliary = family.auxiliary_head(model)
     auxiliary_calls: list[torch.Tensor] = []
     if auxiliary is not None:
-        handles.append(auxiliary.family.register_capture(model, lambda state, output: auxiliary_calls.append(state)))
-    was_training = model.training
-    model.eval()
+        handles.append(auxiliary.family.register_capture(model, lambda state, output: auxiliary_calls.append(output)))
+    was_training = trained.training
+    trained.eval()
     try:
         with torch.no_grad():
-            outputs = model(**batch)
+            loss, outputs = forward(batch) if forward is not None else (None, trained(**batch))
             for calls, head in ((captured, family), (auxiliary_calls, auxiliary and auxiliary.family)):
                 if head is not None and not calls:
                     raise ValueError(
@@ -786,50 +797,64 @@ def verify_head(model: nn.Module, family: HeadFamily, batch: dict[str, Any]) -> 
                         f"{'auxiliary ' if head is not family else ''}head's input is captured. Set "
                         "spg_enabled=False to train it as with Trainer."
                     )
+            inputs = call_inputs[0]
+            state = family.select(model, captured[0][0], inputs)
             try:
-                shared = family.head(model, family.select(model, captured[0], batch), batch)
+                shared = family.head(model, state, inputs)
             except (RuntimeError, IndexError, TypeError, AttributeError) as error:
                 failure = f"the family's head fails on the state its forward hands on ({error})."
                 raise ValueError(refusal + failure) from error
-            if family.task == "question_answering":
-                own = (outputs["start_logits"], outputs["end_logits"])
-            elif outputs.get("logits") is None and outputs.get("log_probs") is not None:
-                # TRL's fused LM head builds no logits: compare the log-probability of each next-token label.
-                own, shared = outputs["log_probs"], _next_token_log_probs(shared, batch["labels"])
-            else:
-                own = outputs["logits"]
-            if family.task == "semantic_segmentation":
-                shared = resized_like(shared, own)
+            reproduces = family.prediction_at_capture or _predictions_agree(
+                *_comparable(family, shared, outputs, batch)
+            )
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
-    if not _predictions_agree(shared, own):
+        trained.train(was_training)
+    if not reproduces:
         raise ValueError(
             refusal + "the family's head on the captured state does not reproduce the model's logits, so its forward "
             "computes the prediction another way. Set spg_enabled=False to train it as with Trainer."
         )
+    return HeadCheck(
+        [shared, *auxiliary_calls[:1]], state.shape[-1], loss if loss is not None else _model_loss(outputs)
+    )
 
 
-def _prediction_kind(prediction: torch.Tensor, labels: Any) -> tuple[str, str] | None:
-    """(task, objective) of a head's output read as the model's loss would read it against the labels, or None
-    where the shapes do not tell."""
+def _comparable(family: HeadFamily, shared: Any, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """The family's prediction and the model's own, in the form the model's outputs hold it."""
+    if family.task == "question_answering":
+        return shared, (outputs["start_logits"], outputs["end_logits"])
+    if outputs.get("logits") is None and outputs.get("log_probs") is not None:
+        # TRL's fused LM head builds no logits: compare the log-probability of each next-token label.
+        return _next_token_log_probs(shared, batch["labels"]), outputs["log_probs"]
+    own = outputs["logits"]
+    if family.task == "semantic_segmentation":
+        shared = resized_like(shared, own)
+    return shared, own
+
+
+def _prediction_readings(prediction: torch.Tensor, labels: Any) -> tuple[str, tuple[str, ...]] | None:
+    """(task, objectives) of a head's output against the labels, the objectives in the order the loss check tries
+    them where the shapes leave the reading open, or None where the shapes do not tell."""
     if not isinstance(labels, torch.Tensor):
         return None
     integer_labels = not labels.is_floating_point()
     if prediction.dim() == 3 and labels.shape == prediction.shape[:2] and integer_labels:
-        return "token_classification", "classification"
+        return "token_classification", ("token_classification", "next_token")
     if prediction.dim() == 2 and labels.dim() == 1 and len(labels) == len(prediction):
         if integer_labels and prediction.shape[1] > 1:
-            return "sequence_classification", "classification"
+            return "sequence_classification", ("classification",)
         if not integer_labels and prediction.shape[1] == 1:
-            return "sequence_classification", "regression"
+            return "sequence_classification", ("regression",)
     if prediction.dim() == 2 and labels.shape == prediction.shape and not integer_labels:
-        return "sequence_classification", "multi_label"
+        # One output per example is a regression first; several, multi-label first (MultiLabel reads 0/1 labels).
+        first, second = ("regression", "multi_label") if prediction.shape[1] == 1 else ("multi_label", "regression")
+        return "sequence_classification", (first, second)
     if prediction.dim() == 1 and labels.shape == prediction.shape and not integer_labels:
-        return "sequence_classification", "regression"
+        return "sequence_classification", ("regression",)
     if prediction.dim() == 4 and labels.dim() == 3 and len(labels) == len(prediction) and integer_labels:
-        return "semantic_segmentation", "segmentation"
+        return "semantic_segmentation", ("segmentation",)
     return None
 
 
@@ -875,7 +900,7 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any], argume
         )
     state, prediction = calls[0]
     labels = batch.get("labels")
-    kind = _prediction_kind(prediction, labels) if isinstance(prediction, torch.Tensor) else None
+    kind = _prediction_readings(prediction, labels) if isinstance(prediction, torch.Tensor) else None
     if kind is None:
         shape = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
         label_shape = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else repr(labels)
@@ -887,17 +912,17 @@ def named_head_family(model: nn.Module, path: str, batch: dict[str, Any], argume
             "ignored) or [batch, classes, h, w] with integer labels [batch, H, W] (one class per pixel, 255 "
             "ignored). Name the module that outputs the logits the model's loss reads."
         )
-    task, objective = kind
+    task, readings = kind
     # A feature map in, class maps out: the chain acts on the channels.
     channels = 1 if task == "semantic_segmentation" else -1
     return module_head_family(
-        NAMED_HEAD, path, task, objective, state.shape[channels], prediction.shape[channels],
+        NAMED_HEAD, path, task, readings, state.shape[channels], prediction.shape[channels],
         f"`{path}`, named by spg_head",
     )  # fmt: skip
 
 
 def module_head_family(
-    name: str, path: str, task: str, objective: str, width: int, classes: int, rule: str
+    name: str, path: str, task: str, readings: tuple[str, ...], width: int, classes: int, rule: str
 ) -> HeadFamily:
     """The family of a head that is one module (at `path`): the chain runs on its input, its output is the
     prediction, read where it is computed."""
@@ -915,7 +940,7 @@ def module_head_family(
         reads,
         capture=path,
         prediction_at_capture=True,
-        objective=objective,
+        readings=readings,
         feature_width=width,
         classes=classes,
     )

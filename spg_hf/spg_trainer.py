@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
+import hashlib
 import inspect
 import os
 import random
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import send_to_device
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer, TrainingArguments
 from transformers.loss.loss_utils import (
     ForCausalLMLoss,
@@ -46,26 +49,25 @@ from transformers.utils import logging
 from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import (
-    IGNORE_INDEX,
     AuxiliaryHead,
+    HeadCheck,
     HeadFamily,
-    ctc_targets,
     head_family_for,
     named_head_family,
-    segmentation_targets,
-    token_targets,
+    register_call_inputs,
     verify_head,
 )
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
-from spg_hf.spg import (
-    ChainTerms,
-    SPGLoss,
-    TRPChain,
-    per_example_terms,
-    positions_per_chunk,
-    spg_loss,
-    token_level_terms,
+from spg_hf.objectives import (
+    IGNORE_INDEX,
+    OBJECTIVES,
+    Objective,
+    ScoredHead,
+    aligned,
+    losses_agree,
+    spg_base_loss,
 )
+from spg_hf.spg import ChainTerms, SPGLoss, TRPChain, positions_per_chunk, spg_loss, token_level_terms
 from spg_hf.spg_config import (
     SPGArguments,
     SPGSeq2SeqTrainingArguments,
@@ -91,37 +93,70 @@ ONE_LABEL_SURVIVORS = 0.98
 ONE_LABEL_FROM_PROGRESS = 0.75
 
 
-def spg_objective(model: nn.Module, family: HeadFamily) -> str:
-    """'classification', 'regression', 'multi_label', 'question_answering' or 'ctc' for this model, as its own loss
-    would decide (a model whose config leaves problem_type unset sets it in its first forward with labels)."""
-    if family.objective is not None:
-        return family.objective
-    if family.task == "semantic_segmentation":
-        return "segmentation"
-    if family.task in ("question_answering", "ctc"):
-        return family.task
-    if family.token_level or family.task == "multiple_choice":
-        return "classification"  # of every labelled position, or among the choices
-    problem_type = model.config.problem_type
-    if problem_type == "regression" or (problem_type is None and model.config.num_labels == 1):
-        return "regression"
-    if problem_type in (None, "single_label_classification"):
-        return "classification"
-    if problem_type == "multi_label_classification":
-        return "multi_label"
-    raise ValueError(f"SPG does not know problem_type={problem_type!r}.")
+def resolve_objective(
+    model: nn.Module,
+    family: HeadFamily,
+    check: HeadCheck,
+    batch: dict[str, Any],
+    tolerance: float,
+    label_smoothing: float,
+) -> str:
+    """The objective whose loss, on the family's predictions and SPG's targets for `batch`, equals the loss Trainer
+    computed for it (`check.loss`): the family's objectives are tried in order (`HeadFamily.objective_names`), each
+    with the auxiliary head's term weighted as the model's loss weights it. A ValueError names the family, the
+    objectives and every number where none does; without a loss to compare (no labels, or a model that returns
+    none) the first objective, with an info log."""
+    names = family.objective_names(model)
+    if check.loss is None or not torch.isfinite(check.loss):
+        logger.info(
+            f"SPG: the first training example gives no loss to check {family.name}'s objective against (no labels, "
+            f"all of them ignored, or a model that returns no loss); scoring it as {names[0]}."
+        )
+        return names[0]
+    auxiliary_heads = []
+    auxiliary = family.auxiliary_head(model)
+    if auxiliary is not None:
+        auxiliary_objective = OBJECTIVES[auxiliary.family.objective_names(model)[0]]
+        targets = auxiliary_objective.targets(model, batch)
+        auxiliary_heads.append(ScoredHead(auxiliary_objective, check.predictions[1], targets, auxiliary.weight))
+    tried = []
+    for name in names:
+        objective = OBJECTIVES[name]
+        targets = objective.targets(model, batch)
+        if not objective.reads(targets):
+            tried.append(f"{name}: cannot read these labels")
+            continue
+        heads = [ScoredHead(objective, check.predictions[0], targets), *auxiliary_heads]
+        computed = spg_base_loss(heads, tolerance, label_smoothing)
+        if losses_agree(computed, check.loss):
+            return name
+        tried.append(f"{name}: {computed.item():.6g}")
+    raise ValueError(
+        f"SPG does not support {type(model).__name__} with head family {family.name} ({family.rule}): on the first "
+        f"training example the loss Trainer computes is {check.loss.item():.6g}, and SPG's objectives give "
+        f"{'; '.join(tried)}"
+        + (f" (with the auxiliary head's term weighted {auxiliary.weight})" if auxiliary is not None else "")
+        + ". SPG would train the chain on another loss than the model's (other targets, positions or reduction). "
+        "Set spg_enabled=False to train it as with Trainer, or name the head whose loss it is with spg_head."
+    )
 
 
 def check_spg_support(
-    model: nn.Module,
+    trained: nn.Module,
     args: SPGArguments,
     batch: dict[str, Any] | None = None,
     form: Callable[[HeadFamily], HeadFamily] | None = None,
+    forward: Callable[[dict[str, Any]], tuple[torch.Tensor | None, Any]] | None = None,
+    label_smoothing: float = 0.0,
 ) -> HeadFamily | None:
-    """The model's shared-head family in the form `spg_attach` asks for (and `form` gives it: the trainer's forward
-    may reach the head another way), checked on the one-example `batch` where there is one (`verify_head`), or a
-    ValueError naming what is unsupported. A head named with `spg_head` is read from that batch: without one it is
-    None until training starts."""
+    """The shared-head family of the model Trainer trains (`trained`, a PeftModel included: the family is its task
+    model's), in the form `spg_attach` asks for (and `form` gives it: the trainer's forward may reach the head another
+    way), with its objective and the width of the state it reads. With a `batch` (one training example) both are
+    checked on the model as it trains: the family's head reproduces the model's logits (`verify_head`) and its
+    objective the loss Trainer computes through `forward` (`resolve_objective`); without one (DeepSpeed's partitioned
+    weights) the objective is the one the config says. A ValueError names what is unsupported. A head named with
+    `spg_head` is read from that batch: without one it is None until training starts."""
+    model = unwrap_peft_model(trained)
     if args.spg_head:
         if args.spg_attach == "pooled":
             raise ValueError(
@@ -137,216 +172,280 @@ def check_spg_support(
                 args.spg_auxiliary_weight,
             )
             family = replace(family, auxiliary=lambda model: auxiliary)
-        return family
-    family = head_family_for(model)
-    if args.spg_attach == "pooled":
-        if not family.offers_pooled:
-            raise ValueError(
-                f"spg_attach='pooled' needs a head that ends in a linear classifier on a pooled vector; "
-                f"{type(model).__name__}'s head ({family.name}: {family.rule}) does not. Use spg_attach='tokens'."
-            )
-        family = family.pooled_form()
-    if form is not None:
-        family = form(family)
-    if batch is not None:
-        verify_head(model, family, batch)
-    spg_objective(model, family)
-    return family
+    else:
+        family = head_family_for(model)
+        if args.spg_attach == "pooled":
+            if not family.offers_pooled:
+                raise ValueError(
+                    f"spg_attach='pooled' needs a head that ends in a linear classifier on a pooled vector; "
+                    f"{type(model).__name__}'s head ({family.name}: {family.rule}) does not. Use spg_attach='tokens'."
+                )
+            family = family.pooled_form()
+        if form is not None:
+            family = form(family)
+    if batch is None:
+        return replace(family, objective=family.objective_names(model)[0])
+    check = verify_head(trained, family, batch, forward)
+    objective = resolve_objective(model, family, check, batch, args.spg_regression_tolerance, label_smoothing)
+    return replace(family, objective=objective, feature_width=check.width)
+
+
+@dataclass(eq=False)
+class HeadChain:
+    """A temporary chain on one head: the model's main head, or its auxiliary head, whose terms take the weight the
+    model's loss gives that head. Per step it holds what its capture hook computed."""
+
+    family: HeadFamily
+    objective: Objective
+    chain: TRPChain
+    weight: float
+    attribute: str  # the model attribute that holds the chain
+    state_prefix: str  # its keys' prefix in spg_modules.safetensors
+    log_prefix: str  # its statistics' prefix in the logs: spg/{log_prefix}survival_t
+    armed: bool = False
+    targets: Any = None
+    # The replicas' logits (example level) or the ChainTerms (token level) of this step; the head's own output where
+    # the capture module is the head; a token-level capture that waits for the model's prediction.
+    result: Any = None
+    head_prediction: Any = None
+    deferred: tuple[torch.Tensor, torch.autocast] | None = None
+    survival_sum: torch.Tensor | float = 0.0
+    module_loss_sum: torch.Tensor | float = 0.0
+
+
+def chain_seed(seed: int, step: int, call: int, process: int) -> int:
+    """The seed of the chain's random stream for one forward: a function of the run's seed, the optimizer step, the
+    micro-batch within it and the process, so a resumed run draws what the uninterrupted one drew."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{call}/{process}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextlib.contextmanager
+def chain_random_stream(seed: int, device: torch.device) -> Iterator[None]:
+    """Runs the chain's random draws (its dropout, the head's own dropout on its states) on a stream of their own, so
+    the model's random stream is exactly Trainer's: with zero weights SPG trains as Trainer, bit for bit."""
+    accelerator = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else "cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if accelerator:
+            device_module = torch.get_device_module(device.type)
+            with device_module.device(device):
+                device_module.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def statistics_kept(norms: list[_NormBase], buffers: list[tuple[str, torch.Tensor]]) -> Iterator[None]:
+    """A chain pass that leaves the model's buffers as they are, so its state moves only as Trainer's forward moves
+    it: normalisation layers in training mode (BatchNorm in a head) normalise the chain's states by their own batch
+    statistics, as in the model's forward, without updating their running statistics and batch count. Any other
+    buffer a pass changes in place is a RuntimeError naming it."""
+    tracking = [module for module in norms if module.training and module.track_running_stats]
+    versions = [buffer._version for _, buffer in buffers]
+    for module in tracking:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in tracking:
+            module.track_running_stats = True
+    changed = [name for (name, buffer), version in zip(buffers, versions, strict=True) if buffer._version != version]
+    if changed:
+        raise RuntimeError(
+            f"SPG: a pass of the temporary chain through the shared head changed the model's buffers {changed} in "
+            "place, which would make the trained model differ from Trainer's beyond its gradients. Set "
+            "spg_enabled=False for this model."
+        )
 
 
 class SPGChainRun:
-    """The chain attached to one model for one `train()` call: hooks, targets, and the statistics to log."""
+    """The chains attached to one model for one `train()` call: hooks, targets, and the statistics to log."""
 
     def __init__(
         self, trained: nn.Module, args: SPGArguments, family: HeadFamily, label_smoothing: float = 0.0
     ) -> None:
-        # `trained` is the model Trainer trains (a PeftModel included): the chain joins its parameters and its
-        # output carries the chain's result. `model` is the task model whose head the family reads.
+        # `trained` is the model Trainer trains (a PeftModel included): the chains join its parameters and its
+        # output carries their results. `model` is the task model whose heads the families read.
         self.trained = trained
         self.model = model = unwrap_peft_model(trained)
         self.args = args
         self.family = family
-        self.objective = spg_objective(model, family)
         self.normalize = args.spg_normalize_for(family.token_level)
         # Trainer smooths the model's classification loss; the classification module terms take the same smoothing.
-        self.trainer_label_smoothing = label_smoothing
-        self.label_smoothing = label_smoothing if self.objective == "classification" else 0.0
+        self.label_smoothing = label_smoothing
         # The chain computes in the model's precision: bf16 weights get a bf16 chain, and autocast (bf16=True) casts
         # a float32 chain as it casts the model's own layers.
         reference = next(p for p in model.parameters() if p.is_floating_point())
-        self.chain = TRPChain(self.family.width(model), args.spg_dropout_rates, args.spg_activation)
-        self.chain.to(device=reference.device, dtype=reference.dtype)
-        trained.add_module(CHAIN_ATTRIBUTE, self.chain)
-        self.auxiliary = family.auxiliary_head(model)
-        self.auxiliary_chain: TRPChain | None = None
-        if self.auxiliary is not None:
-            self.auxiliary_objective = spg_objective(model, self.auxiliary.family)
-            self.auxiliary_chain = TRPChain(
-                self.auxiliary.family.width(model), args.spg_dropout_rates, args.spg_activation
+        heads = [(family, 1.0, CHAIN_ATTRIBUTE, "", "")]
+        auxiliary = family.auxiliary_head(model)
+        if auxiliary is not None:
+            heads.append(
+                (auxiliary.family, auxiliary.weight, AUXILIARY_CHAIN_ATTRIBUTE, AUXILIARY_PREFIX, "auxiliary_")
             )
-            self.auxiliary_chain.to(device=reference.device, dtype=reference.dtype)
-            trained.add_module(AUXILIARY_CHAIN_ATTRIBUTE, self.auxiliary_chain)
+        self.heads: list[HeadChain] = []
+        for head_family, weight, attribute, state_prefix, log_prefix in heads:
+            chain = TRPChain(head_family.width(model), args.spg_dropout_rates, args.spg_activation)
+            chain.to(device=reference.device, dtype=reference.dtype)
+            trained.add_module(attribute, chain)
+            objective = OBJECTIVES[head_family.objective or head_family.objective_names(model)[0]]
+            self.heads.append(HeadChain(head_family, objective, chain, weight, attribute, state_prefix, log_prefix))
+        self.main = self.heads[0]
+        self.objective = self.main.objective
+        self.buffers = list(model.named_buffers())
+        self.norms = [module for module in model.modules() if isinstance(module, _NormBase)]
 
         # save_pretrained leaves these out of every folder, a user's own call included; a plain nn.Module's are
         # filtered by SPGTrainer._save.
         self.saved_ignore_keys = getattr(trained, "_keys_to_ignore_on_save", None)
-        self.chain_keys = {
-            f"{attribute}.{name}" for attribute, chain in self.chains().items() for name in chain.state_dict()
-        }
+        self.chain_keys = {f"{head.attribute}.{name}" for head in self.heads for name in head.chain.state_dict()}
         trained._keys_to_ignore_on_save = set(self.saved_ignore_keys or ()) | self.chain_keys
 
-        self.armed = False
+        self.seed = 0
         self.handed_pair = False
         self.positions_per_chunk: int | None = None
-        self.inputs: dict[str, Any] = {}
-        self.targets: Any = None
-        self.captured: torch.Tensor | None = None
-        self.captured_autocast: torch.autocast | None = None
-        self.head_prediction: torch.Tensor | None = None
-        self.chain_result: Any = None
-        self.auxiliary_armed = False
-        self.auxiliary_result: tuple[torch.Tensor, list] | None = None
+        self.call_inputs: dict[str, Any] = {}
         self.handles = [
-            self.family.register_capture(model, self._run_chain),
+            register_call_inputs(model, self._on_model_call),
             trained.register_forward_hook(self._on_model_output),
         ]
-        if self.auxiliary is not None:
-            self.handles.append(self.auxiliary.family.register_capture(model, self._run_auxiliary_chain))
+        for head in self.heads:
+            self.handles.append(head.family.register_capture(model, functools.partial(self._on_capture, head)))
         self.reset_statistics()
 
-    def chains(self) -> dict[str, TRPChain]:
-        """The temporary chains by the model attribute that holds them."""
-        chains = {CHAIN_ATTRIBUTE: self.chain}
-        if self.auxiliary_chain is not None:
-            chains[AUXILIARY_CHAIN_ATTRIBUTE] = self.auxiliary_chain
-        return chains
+    def smoothing(self, objective: Objective) -> float:
+        """The label smoothing of an objective's module terms: Trainer's, where Trainer smooths that loss."""
+        return self.label_smoothing if objective.smoothed else 0.0
+
+    @property
+    def auxiliary(self) -> HeadChain | None:
+        return self.heads[1] if len(self.heads) > 1 else None
 
     def chain_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps of the chains: the main chain's weights as they are, the auxiliary chain's with
-        AUXILIARY_PREFIX."""
-        state = dict(self.chain.state_dict())
-        if self.auxiliary_chain is not None:
-            state.update({AUXILIARY_PREFIX + name: t for name, t in self.auxiliary_chain.state_dict().items()})
-        return state
+        """What a checkpoint keeps of the chains: each chain's weights under its state prefix (none for the main
+        chain, AUXILIARY_PREFIX for the auxiliary head's)."""
+        return {head.state_prefix + name: t for head in self.heads for name, t in head.chain.state_dict().items()}
 
     def load_chain_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads `chain_state_dict`'s form; a ValueError where the checkpoint and this run disagree on having an
         auxiliary head (spg_auxiliary_head, or an HF model's `use_auxiliary_head`)."""
-        auxiliary = {
-            name.removeprefix(AUXILIARY_PREFIX): tensor
-            for name, tensor in state.items()
-            if name.startswith(AUXILIARY_PREFIX)
-        }
-        if bool(auxiliary) != (self.auxiliary_chain is not None):
-            saved, run = ("has", "has none") if auxiliary else ("has none", "has one")
+        saved_auxiliary = any(name.startswith(AUXILIARY_PREFIX) for name in state)
+        if saved_auxiliary != (self.auxiliary is not None):
+            saved, run = ("has", "has none") if saved_auxiliary else ("has none", "has one")
             raise ValueError(
                 f"The checkpoint's SPG weights ({SPG_WEIGHTS_NAME}) {saved} for an auxiliary head, while this run "
                 f"{run}: resume with the auxiliary head setting (spg_auxiliary_head, use_auxiliary_head) it was "
                 "saved with."
             )
-        self.chain.load_state_dict({name: t for name, t in state.items() if not name.startswith(AUXILIARY_PREFIX)})
-        if self.auxiliary_chain is not None:
-            self.auxiliary_chain.load_state_dict(auxiliary)
+        for head in reversed(self.heads):  # the auxiliary chain's prefixed keys first, the rest are the main chain's
+            own = {name: t for name, t in state.items() if name.startswith(head.state_prefix)}
+            head.chain.load_state_dict({name.removeprefix(head.state_prefix): t for name, t in own.items()})
+            state = {name: t for name, t in state.items() if name not in own}
 
     def detach(self) -> None:
         for handle in self.handles:
             handle.remove()
-        for attribute in self.chains():
-            delattr(self.trained, attribute)
+        for head in self.heads:
+            delattr(self.trained, head.attribute)
         self.trained._keys_to_ignore_on_save = self.saved_ignore_keys
 
-    # ---- running the chain inside the model's forward ----
+    # ---- running the chains inside the model's forward ----
 
-    def _run_chain(self, captured: torch.Tensor, head_prediction: torch.Tensor | None = None) -> None:
-        """Runs at the capture; `head_prediction` is the head's output where the capture module is the head itself
-        (a head named with spg_head)."""
-        if not self.armed:
+    @contextlib.contextmanager
+    def _chain_pass(self, device: torch.device) -> Iterator[None]:
+        with chain_random_stream(self.seed, device), statistics_kept(self.norms, self.buffers):
+            yield
+
+    def _on_model_call(self, inputs: dict[str, Any]) -> None:
+        if self.main.armed:
+            self.call_inputs = inputs
+
+    def _on_capture(self, head: HeadChain, captured: torch.Tensor, head_prediction: torch.Tensor | None = None) -> None:
+        """Runs at a head's capture; `head_prediction` is the head's output where the capture module is the head
+        itself (a head named with spg_head, an auxiliary head)."""
+        if not head.armed:
             return
         # Disarm first: the shared head may contain the hooked module itself.
-        self.armed = False
-        self.head_prediction = head_prediction
-        if self.family.token_level and head_prediction is not None:
-            self.chain_result = self._token_level_terms(captured, self._predicted_right(head_prediction))
-            return
-        if self.family.token_level:
+        head.armed = False
+        head.head_prediction = head_prediction
+        if head.objective.token_level and head_prediction is None:
             # Token-level chains run only where the model's own prediction was right: known after its head ran, in
             # the model-level hook, which runs after accelerate's autocast has closed: it reopens the autocast state
             # the head's input was computed in.
             device_type = captured.device.type
-            self.captured = captured
-            self.captured_autocast = torch.autocast(
+            autocast = torch.autocast(
                 device_type,
                 dtype=torch.get_autocast_dtype(device_type),
                 enabled=torch.is_autocast_enabled(device_type),
             )
+            head.deferred = (captured, autocast)
             return
-        state = self.family.select(self.model, captured, self.inputs)
-        self.chain_result = [self.family.head(self.model, replica, self.inputs) for replica in self.chain(state)]
-
-    def _run_auxiliary_chain(self, captured: torch.Tensor, prediction: torch.Tensor) -> None:
-        """Runs at the auxiliary head: its own prediction and its chain's, through it."""
-        if not self.auxiliary_armed:
-            return
-        self.auxiliary_armed = False
-        family = self.auxiliary.family
-        state = family.select(self.model, captured, self.inputs)
-        replicas = [family.head(self.model, replica, self.inputs) for replica in self.auxiliary_chain(state)]
-        self.auxiliary_result = (prediction, replicas)
+        with self._chain_pass(captured.device):
+            if head.objective.token_level:
+                head.result = self._token_level_terms(head, captured, self._predicted_right(head, head_prediction))
+            else:
+                state = head.family.select(self.model, captured, self.call_inputs)
+                replicas = head.chain(state)
+                head.result = [head.family.head(self.model, replica, self.call_inputs) for replica in replicas]
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if self.captured is not None:
-            captured, self.captured = self.captured, None
-            with self.captured_autocast:
-                self.chain_result = self._token_level_terms(captured, self._predicted_right(output))
-        if self.chain_result is None:
+        for head in self.heads:
+            if head.deferred is not None:
+                (captured, autocast), head.deferred = head.deferred, None
+                with autocast, self._chain_pass(captured.device):
+                    head.result = self._token_level_terms(head, captured, self._predicted_right(head, output))
+        if self.main.result is None:
             return None
         # Returned with the outputs so that DDP sees the chains' parameters used in the forward; `armed_call` hands
         # the outputs on without them.
-        chain_result, self.chain_result = self.chain_result, None
-        auxiliary_result, self.auxiliary_result = self.auxiliary_result, None
+        results = [head.result for head in self.heads]
+        for head in self.heads:
+            head.result = None
         self.handed_pair = True
-        return output, (chain_result, auxiliary_result)
+        return output, results
 
-    def _predicted_right(self, output: Any) -> torch.Tensor:
-        """Per position of the targets, whether the model's own prediction is the target: the argmax of its
-        logits, or where it builds none (TRL's fused LM head) its `is_top1`, scored for the next token and so one
-        position short of the unshifted length."""
+    def _predicted_right(self, head: HeadChain, output: Any) -> torch.Tensor:
+        """Per position the model ran, whether its own prediction is the target: the argmax of its logits, or where
+        it builds none (TRL's fused LM head) its `is_top1`, scored for the next token and so one position short."""
         if isinstance(output, torch.Tensor) or output.get("logits") is not None:
             logits = output if isinstance(output, torch.Tensor) else output["logits"]
             # argmax over every position: indexing the [positions, vocabulary] logits first would copy them.
-            return logits.detach().argmax(-1) == self.targets_over(logits.shape[-2]).to(logits.device)
+            targets = aligned(head.targets, logits.shape[-2]).to(logits.device)
+            return logits.detach().argmax(-1) == targets
         is_top1 = output["is_top1"].detach().bool()
-        return F.pad(is_top1, (0, self.targets.shape[-1] - is_top1.shape[-1]))
+        return F.pad(is_top1, (0, 1))
 
-    def targets_over(self, length: int) -> torch.Tensor:
-        """The per-position targets over the `length` positions the model ran: positions it prepended (PEFT's
-        prompt-learning virtual tokens) are no trajectories."""
-        prepended = length - self.targets.shape[-1]
-        return F.pad(self.targets, (prepended, 0), value=IGNORE_INDEX) if prepended > 0 else self.targets
-
-    def _token_level_terms(self, captured: torch.Tensor, predicted_right: torch.Tensor) -> tuple[torch.Tensor, list]:
-        targets = self.targets_over(captured.shape[-2]).reshape(-1).to(captured.device)
+    def _token_level_terms(self, head: HeadChain, captured: torch.Tensor, predicted_right: torch.Tensor) -> ChainTerms:
+        targets = aligned(head.targets, captured.shape[-2]).reshape(-1).to(captured.device)
         positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
         targets = targets[positions]
         base_correct = predicted_right.reshape(-1).to(captured.device)[positions]
         states = captured.reshape(-1, captured.shape[-1])[positions]
 
-        def head(state: torch.Tensor) -> torch.Tensor:
-            return self.family.head(self.model, state, self.inputs)
+        def shared_head(state: torch.Tensor) -> torch.Tensor:
+            # Also run again in backward (activation checkpointing): the buffers are kept there too.
+            with statistics_kept(self.norms, self.buffers):
+                return head.family.head(self.model, state, self.call_inputs)
 
         if self.positions_per_chunk is None and len(states):
             with torch.no_grad():  # the head's output width, read once on one position
-                self.positions_per_chunk = positions_per_chunk(head(states[:1]).shape[-1])
+                self.positions_per_chunk = positions_per_chunk(shared_head(states[:1]).shape[-1])
         terms = token_level_terms(
-            self.chain, head, states, targets, base_correct, self.positions_per_chunk or 1, self.label_smoothing
+            head.chain,
+            shared_head,
+            states,
+            targets,
+            base_correct,
+            self.positions_per_chunk or 1,
+            self.smoothing(head.objective),
         )
-        return base_correct, terms
+        return ChainTerms(base_correct, terms, weight=head.weight)
 
     @contextlib.contextmanager
-    def armed_call(self, model: nn.Module, inputs: dict[str, Any], targets: Any) -> Iterator[list]:
-        """Arms the chain for the next call of `model` (the model as Trainer wrapped it: DDP, compiled, or itself).
-        That call returns the model's own outputs, as Trainer expects them; the chain's result goes into the list
-        this yields."""
+    def armed_call(self, model: nn.Module, inputs: dict[str, Any], seed: int) -> Iterator[list]:
+        """Arms the chains for the next call of `model` (the model as Trainer wrapped it: DDP, compiled, or itself),
+        with their targets read from `inputs` now (Trainer pops the labels before the call for its label smoother
+        and compute_loss_func) and `seed` for their random stream. That call returns the model's own outputs, as
+        Trainer expects them; the chains' results go into the list this yields."""
         chain_results: list = []
 
         def hand_on_outputs(module: nn.Module, args: tuple, result: Any) -> Any:
@@ -355,80 +454,50 @@ class SPGChainRun:
             if not self.handed_pair:
                 return None
             self.handed_pair = False
-            outputs, chain_result = result
-            chain_results.append(chain_result)
+            outputs, results = result
+            chain_results.append(results)
             return outputs
 
-        self.inputs, self.targets, self.armed = inputs, targets, True
-        self.auxiliary_armed = self.auxiliary is not None
+        for head in self.heads:
+            head.targets = head.objective.targets(self.model, inputs)
+            head.armed = True
+        self.seed = seed
         handle = model.register_forward_hook(hand_on_outputs)
         try:
             yield chain_results
         finally:
             handle.remove()
-            self.inputs, self.targets, self.armed, self.handed_pair = {}, None, False, False
-            self.auxiliary_armed = False
+            self.handed_pair, self.call_inputs = False, {}
+            for head in self.heads:
+                head.armed, head.deferred, head.result = False, None, None
 
-    def terms(self, outputs: Any, targets: Any, chain_results: list) -> ChainTerms:
-        """The correctness c_0 of the model's own predictions, every module's (CE_t, c_t), per example or, at the
-        token level, per labelled position, and which examples are trajectories."""
+    def terms(self, outputs: Any, chain_results: list) -> list[ChainTerms]:
+        """Per chain, the correctness c_0 of its head's own predictions and every module's (CE_t, c_t), per
+        trajectory, and which entries are trajectories."""
         if not chain_results:
             raise RuntimeError(
                 f"The SPG chain did not run in the forward of {type(self.model).__name__}: its head family "
                 f"{self.family.name} captures a module the forward did not call."
             )
-        chain_result = chain_results[0][0]
-        if self.family.token_level:
-            return ChainTerms(*chain_result)
-        prediction, self.head_prediction = self.head_prediction, None
-        if prediction is None:
-            prediction = self.base_logits(outputs)
-        return self._example_terms(self.objective, prediction, chain_result, targets)
+        return [
+            self._chain_terms(head, outputs, result) for head, result in zip(self.heads, chain_results[0], strict=True)
+        ]
 
-    def auxiliary_terms(self, inputs: dict[str, Any], chain_results: list) -> tuple[ChainTerms, float] | None:
-        """The auxiliary head's `ChainTerms` and the weight the model's loss gives it; None without one."""
-        if self.auxiliary is None:
-            return None
-        if chain_results[0][1] is None:
+    def _chain_terms(self, head: HeadChain, outputs: Any, result: Any) -> ChainTerms:
+        if result is None:
             raise RuntimeError(
-                f"The SPG chain of {type(self.model).__name__}'s auxiliary head did not run: its forward did not call "
-                f"{self.auxiliary.family.rule}."
+                f"The SPG chain of {type(self.model).__name__}'s {head.log_prefix or 'main '}head did not run: its "
+                f"forward did not call {head.family.rule}."
             )
-        prediction, replicas = chain_results[0][1]
-        targets = self.targets_for(self.auxiliary_objective, self.auxiliary.family, inputs)
-        return self._example_terms(self.auxiliary_objective, prediction, replicas, targets), self.auxiliary.weight
-
-    def _example_terms(self, objective: str, prediction: Any, replicas: list, targets: Any) -> ChainTerms:
-        tolerance = self.args.spg_regression_tolerance
-        smoothing = self.trainer_label_smoothing if objective == "classification" else 0.0
-        _, base_correct = per_example_terms(objective, prediction, targets, tolerance)
-        module_terms = [per_example_terms(objective, logits, targets, tolerance, smoothing) for logits in replicas]
-        # An example labelled -100 is ignored by the model's loss, as by Trainer: it is no trajectory either.
-        trajectories = targets != IGNORE_INDEX if objective == "classification" else None
-        if objective == "segmentation":
-            trajectories = targets.pixels()
-        return ChainTerms(base_correct, module_terms, trajectories)
-
-    # ---- loss pieces ----
-
-    def targets_of(self, inputs: dict[str, Any]) -> Any:
-        return self.targets_for(self.objective, self.family, inputs)
-
-    def targets_for(self, objective: str, family: HeadFamily, inputs: dict[str, Any]) -> Any:
-        if objective == "question_answering":
-            return inputs["start_positions"], inputs["end_positions"]
-        if objective == "ctc":
-            return ctc_targets(self.model, inputs)
-        if objective == "segmentation":
-            return segmentation_targets(self.model, inputs)
-        if family.token_level:
-            return token_targets(family.task, inputs, inputs["labels"])
-        return inputs["labels"]
-
-    def base_logits(self, outputs: Any) -> Any:
-        if self.objective == "question_answering":
-            return outputs["start_logits"], outputs["end_logits"]
-        return outputs["logits"]
+        if head.objective.token_level:
+            return result
+        prediction = head.head_prediction if head.head_prediction is not None else head.objective.prediction(outputs)
+        head.head_prediction = None
+        objective, tolerance = head.objective, self.args.spg_regression_tolerance
+        smoothing = self.smoothing(objective)
+        _, base_correct = objective.terms(prediction, head.targets, tolerance)
+        module_terms = [objective.terms(logits, head.targets, tolerance, smoothing) for logits in result]
+        return ChainTerms(base_correct, module_terms, objective.trajectories(head.targets), head.weight)
 
     # ---- statistics for logging ----
 
@@ -436,32 +505,29 @@ class SPGChainRun:
     def counts_survivor_labels(self) -> bool:
         """Whether each example has one class label, so the labels of the module-1 survivors can be counted (a
         choice's index is no class)."""
-        return self.objective == "classification" and self.family.task == "sequence_classification"
+        return self.objective.name == "classification" and self.family.task == "sequence_classification"
 
     @property
     def num_labels(self) -> int:
         return self.family.classes or self.model.config.num_labels
 
     def reset_statistics(self) -> None:
-        self.survival_sum: torch.Tensor | float = 0.0
-        self.module_loss_sum: torch.Tensor | float = 0.0
-        self.auxiliary_survival_sum: torch.Tensor | float = 0.0
-        self.auxiliary_module_loss_sum: torch.Tensor | float = 0.0
+        for head in self.heads:
+            head.survival_sum, head.module_loss_sum = 0.0, 0.0
         self.survivor_label_counts: torch.Tensor | int = 0
         self.recorded_batches = 0
 
-    def record(self, result: SPGLoss, targets: Any, base_correct: torch.Tensor) -> None:
-        self.survival_sum = self.survival_sum + result.survival
-        self.module_loss_sum = self.module_loss_sum + result.module_losses
-        if result.auxiliary_survival is not None:
-            self.auxiliary_survival_sum = self.auxiliary_survival_sum + result.auxiliary_survival
-            self.auxiliary_module_loss_sum = self.auxiliary_module_loss_sum + result.auxiliary_module_losses
+    def record(self, result: SPGLoss, chains: list[ChainTerms]) -> None:
+        for head, statistics in zip(self.heads, result.chains, strict=True):
+            head.survival_sum = head.survival_sum + statistics.survival
+            head.module_loss_sum = head.module_loss_sum + statistics.module_losses
         if self.counts_survivor_labels:
             # index_add_ rather than bincount of targets[base_correct]: masking and bincount wait for the GPU every
             # training step, to size their outputs.
+            base_correct = chains[0].base_correct
             counts = torch.zeros(self.num_labels, dtype=torch.long, device=base_correct.device)
             # Ignored examples (-100) are never correct: clamped to a label, they add nothing.
-            counts.index_add_(0, targets.to(base_correct.device).clamp(min=0), base_correct.long())
+            counts.index_add_(0, self.main.targets.to(base_correct.device).clamp(min=0), base_correct.long())
             self.survivor_label_counts = self.survivor_label_counts + counts
         self.recorded_batches += 1
 
@@ -582,6 +648,7 @@ class SPGTrainerMixin:
         self._warned_low_survival = False
         self._warned_one_label = False
         self._update_steps_per_epoch: int | None = None
+        self._chain_calls = (-1, 0)  # (optimizer step, compute_loss calls at that step): the chain's random stream
         # Trainer counts items, passes the count to the model and skips the division by the accumulation steps for
         # every model whose forward takes **kwargs; only a model that divides by the count may keep that.
         if self.model_accepts_loss_kwargs and not loss_divides_by_item_count(
@@ -596,27 +663,46 @@ class SPGTrainerMixin:
             if self.model is not None:
                 family = self._head_family()
                 if family is not None:
-                    self._check_spg_loss_settings(spg_objective(unwrap_peft_model(self.model), family))
+                    self._check_spg_loss_settings(family.objective)
 
     def _head_family(self) -> HeadFamily | None:
-        """The model's head family (`check_spg_support`), checked on the first training example, once per model and
-        head setting. Without a training set it is checked when training starts, and under DeepSpeed not at all:
-        ZeRO-3 weights are partitioned until DeepSpeed wraps the model. None: a head named with spg_head, which is
-        read from that example, while there is none."""
+        """The model's head family (`check_spg_support`), checked on the first training example against the model's
+        logits and the loss this trainer computes, once per model and head setting. Without a training set it is
+        checked when training starts, and under DeepSpeed not at all: ZeRO-3 weights are partitioned until DeepSpeed
+        wraps the model. None: a head named with spg_head, which is read from that example, while there is none."""
         args = self.args
         key = (self.model, args.spg_head, args.spg_auxiliary_head, args.spg_auxiliary_weight, args.spg_attach)
         if self._resolved_head is not None and self._resolved_head[0] == key:
             return self._resolved_head[1]
         example = self.train_dataset is not None and not self.is_deepspeed_enabled
         family = check_spg_support(
-            unwrap_peft_model(self.model),
+            self.model,
             self.args,
             self._one_example_batch() if example else None,
             self._spg_family_form,
+            self._loss_and_outputs,
+            self._label_smoothing(),
         )
         if example:
             self._resolved_head = (key, family)
         return family
+
+    def _loss_and_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, Any]:
+        """The loss and outputs the parent trainer computes for `batch` (the model's loss, compute_loss_func's or the
+        label smoother's), for the construction check; loss None where it computes none."""
+        if self.compute_loss_func is not None and "labels" not in batch:
+            return None, self.model(**batch)  # a loss function that would be handed no labels
+        try:
+            loss, outputs = super().compute_loss(self.model, dict(batch), return_outputs=True)
+        except ValueError as error:
+            if "did not return a loss" not in str(error):  # Trainer's words for a batch without labels
+                raise
+            return None, self.model(**batch)
+        return (loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None), outputs
+
+    def _label_smoothing(self) -> float:
+        """Trainer's label smoothing, which applies where no compute_loss_func replaces the model's loss."""
+        return self.label_smoother.epsilon if self.label_smoother and self.compute_loss_func is None else 0.0
 
     def _spg_family_form(self, family: HeadFamily) -> HeadFamily:
         """The form of the model's head family this trainer's forward reaches; a trainer whose forward reaches the
@@ -670,11 +756,9 @@ class SPGTrainerMixin:
                     f"spg_head={self.args.spg_head!r}: SPG reads what the named head predicts from one training "
                     "example before training, which DeepSpeed's partitioned weights cannot run."
                 )
-            # Trainer's label smoother applies where no compute_loss_func replaces the model's loss.
-            smoothing = self.label_smoother.epsilon if self.label_smoother and self.compute_loss_func is None else 0.0
-            self._spg_run = SPGChainRun(self.model, self.args, family, smoothing)
+            self._spg_run = SPGChainRun(self.model, self.args, family, self._label_smoothing())
             self._spg_settings_applied = {"spg_normalize": self._spg_run.normalize}
-            self._check_spg_loss_settings(self._spg_run.objective)
+            self._check_spg_loss_settings(self._spg_run.objective.name)
             # A second train() call would reuse the optimizer and DDP wrapper built around the previous, detached
             # chain; user optimizers are refused above, so both are Trainer's own and can be built afresh.
             self.optimizer = None
@@ -688,8 +772,8 @@ class SPGTrainerMixin:
                     if self._spg_run.auxiliary is not None
                     else ""
                 )
-                + f"{sum(p.numel() for c in self._spg_run.chains().values() for p in c.parameters()):,} parameters), "
-                f"objective {self._spg_run.objective}, spg_normalize={self._spg_run.normalize!r}"
+                + f"{sum(p.numel() for h in self._spg_run.heads for p in h.chain.parameters()):,} parameters), "
+                f"objective {self._spg_run.objective.name}, spg_normalize={self._spg_run.normalize!r}"
                 + (" (the default for this task)" if self.args.spg_normalize is None else "")
                 + "."
             )
@@ -718,7 +802,6 @@ class SPGTrainerMixin:
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
 
-        targets = run.targets_of(inputs)
         # Trainer counts the items of the accumulated batch only for a loss that divides by the count (the model's,
         # see loss_divides_by_item_count, or compute_loss_func's) and then takes the loss as scaled for accumulation.
         # The base term comes back divided by the count, and each SPG term, a mean over this micro-batch, is weighted
@@ -735,24 +818,23 @@ class SPGTrainerMixin:
         # Token-level terms come whole with the chain's result; asking for the outputs only when they are needed
         # spares trainers that recompute them for return_outputs (TRL's fused LM head) a forward.
         wants_outputs = return_outputs or not run.family.token_level
-        with run.armed_call(model, inputs, targets) as chain_results:
+        with run.armed_call(model, inputs, self._next_chain_seed()) as chain_results:
             base_loss = super().compute_loss(
                 model, inputs, return_outputs=wants_outputs, num_items_in_batch=num_items_in_batch
             )
             base_loss, outputs = base_loss if wants_outputs else (base_loss, None)
-        chain = run.terms(outputs, targets, chain_results)
-        result = spg_loss(
-            base_loss,
-            chain.base_correct,
-            chain.module_terms,
-            weights,
-            run.normalize,
-            self.args.spg_loss_normalization,
-            chain.trajectories,
-            run.auxiliary_terms(inputs, chain_results),
-        )
-        run.record(result, targets, chain.base_correct)
+        chains = run.terms(outputs, chain_results)
+        result = spg_loss(base_loss, chains, weights, run.normalize, self.args.spg_loss_normalization)
+        run.record(result, chains)
         return (result.loss, outputs) if return_outputs else result.loss
+
+    def _next_chain_seed(self) -> int:
+        """The seed of this forward's chain stream (`chain_seed`): the micro-batches of one optimizer step count
+        up from 0."""
+        step, calls = self._chain_calls
+        calls = calls + 1 if step == self.state.global_step else 0
+        self._chain_calls = (self.state.global_step, calls)
+        return chain_seed(self.args.seed, self.state.global_step, calls, self.args.process_index)
 
     def _micro_batch_items(self, inputs: dict[str, Any]) -> torch.Tensor:
         """This micro-batch's part of Trainer's item count: its labels that are not -100, taken after the shift
@@ -777,15 +859,12 @@ class SPGTrainerMixin:
         run = self._spg_run
         if run is not None and run.recorded_batches and "loss" in logs:
             # Every process logs training steps together, so this reduction is collective-safe.
-            sums = {"": (run.survival_sum, run.module_loss_sum)}
-            if run.auxiliary is not None:
-                sums["auxiliary_"] = (run.auxiliary_survival_sum, run.auxiliary_module_loss_sum)
-            for prefix, (survival_sum, module_loss_sum) in sums.items():
-                statistics = torch.stack([survival_sum, module_loss_sum]) / run.recorded_batches
+            for head in run.heads:
+                statistics = torch.stack([head.survival_sum, head.module_loss_sum]) / run.recorded_batches
                 statistics = self.accelerator.reduce(statistics.to(self.args.device), reduction="mean").tolist()
                 for t, (survival, module_loss) in enumerate(zip(*statistics, strict=True), start=1):
-                    logs[f"spg/{prefix}survival_{t}"] = round(survival, 4)
-                    logs[f"spg/{prefix}loss_{t}"] = round(module_loss, 4)
+                    logs[f"spg/{head.log_prefix}survival_{t}"] = round(survival, 4)
+                    logs[f"spg/{head.log_prefix}loss_{t}"] = round(module_loss, 4)
             if run.counts_survivor_labels:
                 counts = self.accelerator.reduce(run.survivor_label_counts.to(self.args.device), reduction="sum")
                 if counts.sum() > 0:
@@ -870,9 +949,10 @@ class SPGTrainerMixin:
             checkpoint, skipped = last_complete_checkpoint(self.args.output_dir)
             if checkpoint is None:
                 found = "; ".join(skipped) or "no checkpoint folders"
+                # Trainer's wording first: scripts and tests match on it.
                 raise ValueError(
-                    f"resume_from_checkpoint=True: output_dir {self.args.output_dir} has no complete checkpoint "
-                    f"({found})."
+                    f"No valid checkpoint found in output directory ({self.args.output_dir}): it has no complete "
+                    f"checkpoint ({found}), and resume_from_checkpoint=True takes the newest complete one."
                 )
             if skipped:
                 logger.warning(f"Resuming from {checkpoint}, the newest complete checkpoint.")

@@ -2,12 +2,14 @@
 
 Token-level SPG on the causal LM's head, for plain-text, prompt-completion (completion-only loss) and conversational
 datasets, packed or padding-free batches included: a trajectory is a labelled next-token position, and none crosses
-into the next packed sequence (`spg_hf.heads.token_targets`). SFTTrainer's own loss and logged metrics (token
+into the next packed sequence (`spg_hf.objectives.NextToken`). SFTTrainer's own loss and logged metrics (token
 accuracy, entropy, token counts) stay as TRL computes them.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,6 +37,13 @@ class SPGSFTTrainer(SPGTrainerMixin, SFTTrainer):
             return replace(family, capture=None)
         return family
 
-    def _one_example_batch(self) -> dict[str, Any]:
-        # Checked through the forward that trains: the fused head, which returns log-probabilities, not logits.
-        return {**super()._one_example_batch(), "fused_lm_head": True}
+    def _loss_and_outputs(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+        # SFTTrainer records its metrics in every compute_loss: the construction check's call must leave none.
+        # Its warning that return_outputs=True costs an extra forward is about training steps, not this one call.
+        metrics = copy.deepcopy(self._metrics)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`return_outputs=True`", category=FutureWarning)
+                return super()._loss_and_outputs(batch)
+        finally:
+            self._metrics = metrics

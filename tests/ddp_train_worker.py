@@ -38,7 +38,7 @@ def count_calls(layers: torch.nn.ModuleList) -> list[int]:
     calls = [0] * len(layers)
 
     def count(index: int, module: torch.nn.Module, args: tuple) -> None:
-        calls[index] += 1
+        calls[index] += module.training  # training steps only: the construction check runs in eval mode
 
     for index, layer in enumerate(layers):
         layer.register_forward_pre_hook(functools.partial(count, index))

@@ -14,7 +14,8 @@ from conftest import no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, spg_trainer
-from spg_hf.spg import SPGLoss, per_example_terms, spg_loss
+from spg_hf.objectives import OBJECTIVES
+from spg_hf.spg import ChainStatistics, ChainTerms, SPGLoss, spg_loss
 from spg_hf.spg_trainer import SPG_WEIGHTS_NAME, SPGChainRun
 
 WEIGHTS = [0.4, 0.2, 0.1]
@@ -70,14 +71,14 @@ def test_classification_loss_matches_hand_computation():
         "batch": base_loss + 0.4 * (ce[1][0] + ce[1][1]) / 4 + 0.2 * ce[2][0] / 4 + 0.1 * 0.0,
     }
     target = torch.tensor(labels)
-    base_terms = per_example_terms("classification", torch.tensor(base), target, 0.5)
-    module_terms = [per_example_terms("classification", torch.tensor(m), target, 0.5) for m in modules]
+    base_terms = OBJECTIVES["classification"].terms(torch.tensor(base), target, 0.5)
+    module_terms = [OBJECTIVES["classification"].terms(torch.tensor(m), target, 0.5) for m in modules]
     assert base_terms[1].tolist() == [True, True, False, False]
     for normalize, value in expected.items():
-        result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, normalize)
+        result = spg_loss(base_terms[0].mean(), [ChainTerms(base_terms[1], module_terms)], WEIGHTS, normalize)
         assert result.loss.item() == pytest.approx(value, rel=1e-6)
         assert result.survival.tolist() == pytest.approx([0.5, 0.25, 0.0])
-    survivors = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "survivors")
+    survivors = spg_loss(base_terms[0].mean(), [ChainTerms(base_terms[1], module_terms)], WEIGHTS, "survivors")
     assert survivors.module_losses.tolist() == pytest.approx([(ce[1][0] + ce[1][1]) / 2, ce[2][0], 0.0], rel=1e-6)
 
 
@@ -93,11 +94,11 @@ def test_regression_loss_matches_hand_computation():
         "batch": base_loss + 0.4 * (se[1][0] + se[1][2]) / 3 + 0.2 * se[2][0] / 3 + 0.1 * se[3][0] / 3,
     }
     target = torch.tensor(labels)
-    base_terms = per_example_terms("regression", torch.tensor(base).unsqueeze(-1), target, 0.5)
-    module_terms = [per_example_terms("regression", torch.tensor(m).unsqueeze(-1), target, 0.5) for m in modules]
+    base_terms = OBJECTIVES["regression"].terms(torch.tensor(base).unsqueeze(-1), target, 0.5)
+    module_terms = [OBJECTIVES["regression"].terms(torch.tensor(m).unsqueeze(-1), target, 0.5) for m in modules]
     assert base_terms[1].tolist() == [True, False, True]
     for normalize, value in expected.items():
-        result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, normalize)
+        result = spg_loss(base_terms[0].mean(), [ChainTerms(base_terms[1], module_terms)], WEIGHTS, normalize)
         assert result.loss.item() == pytest.approx(value, rel=1e-6)
 
 
@@ -121,22 +122,22 @@ def test_question_answering_loss_matches_hand_computation():
     base_loss = (ce(base, 0) + ce(base, 1)) / 2
     expected = base_loss + 0.4 * (ce(modules[0], 0) + ce(modules[0], 1)) / 2 + 0.2 * ce(modules[1], 0) / 1
     targets = (torch.tensor(starts), torch.tensor(ends))
-    base_terms = per_example_terms("question_answering", base, targets, 0.5)
-    module_terms = [per_example_terms("question_answering", m, targets, 0.5) for m in modules]
+    base_terms = OBJECTIVES["question_answering"].terms(base, targets, 0.5)
+    module_terms = [OBJECTIVES["question_answering"].terms(m, targets, 0.5) for m in modules]
     assert base_terms[1].tolist() == [True, True]
     assert module_terms[0][1].tolist() == [True, False]
-    result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "survivors")
+    result = spg_loss(base_terms[0].mean(), [ChainTerms(base_terms[1], module_terms)], WEIGHTS, "survivors")
     assert result.loss.item() == pytest.approx(expected, rel=1e-6)
     batch_expected = base_loss + 0.4 * (ce(modules[0], 0) + ce(modules[0], 1)) / 2 + 0.2 * ce(modules[1], 0) / 2
-    result = spg_loss(base_terms[0].mean(), base_terms[1], module_terms, WEIGHTS, "batch")
+    result = spg_loss(base_terms[0].mean(), [ChainTerms(base_terms[1], module_terms)], WEIGHTS, "batch")
     assert result.loss.item() == pytest.approx(batch_expected, rel=1e-6)
 
 
 def test_loss_normalization_factor():
     base_loss = torch.tensor(0.7)
     terms = [(torch.tensor([1.0, 2.0]), torch.tensor([True, True]))]
-    plain = spg_loss(base_loss, torch.tensor([True, False]), terms, [0.5], "batch").loss
-    scaled = spg_loss(base_loss, torch.tensor([True, False]), terms, [0.5], "batch", loss_normalization=True).loss
+    plain = spg_loss(base_loss, [ChainTerms(torch.tensor([True, False]), terms)], [0.5], "batch").loss
+    scaled = spg_loss(base_loss, [ChainTerms(torch.tensor([True, False]), terms)], [0.5], "batch", True).loss
     assert scaled.item() == pytest.approx(plain.item() * math.exp(0.7 - plain.item()), rel=1e-6)
 
 
@@ -351,10 +352,11 @@ def test_survival_and_module_losses_are_logged(output_dir):
 def test_survivor_labels_share_is_counted_from_the_recorded_batches(output_dir):
     trainer = SPGTrainer(model=tiny_bert(num_labels=3), args=training_args(output_dir))
     run = trainer._spg_run = SPGChainRun(trainer.model, trainer.args, trainer._head_family())
-    result = SPGLoss(torch.tensor(1.0), survival=torch.zeros(3), module_losses=torch.zeros(3))
+    result = SPGLoss(torch.tensor(1.0), [ChainStatistics(survival=torch.zeros(3), module_losses=torch.zeros(3))])
     # Survivors of the two batches: labels 0, 1, 1 and 1, 2: label 1 holds 3 of 5.
-    run.record(result, torch.tensor([0, 1, 1, 2]), torch.tensor([True, True, True, False]))
-    run.record(result, torch.tensor([1, 2, 0]), torch.tensor([True, True, False]))
+    for labels, correct in (([0, 1, 1, 2], [True, True, True, False]), ([1, 2, 0], [True, True, False])):
+        run.main.targets = torch.tensor(labels)
+        run.record(result, [ChainTerms(torch.tensor(correct), [])])
     logs = {"loss": 1.0}
     trainer.log(logs)
     assert logs["spg/survivors_in_top_label"] == 0.6

@@ -14,9 +14,9 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import ctc_targets, head_family_for
-from spg_hf.spg import CTCTargets, ctc_correct, per_example_terms, spg_loss
-from spg_hf.spg_trainer import spg_objective
+from spg_hf.heads import head_family_for
+from spg_hf.objectives import OBJECTIVES, CTCTargets, ctc_correct, ctc_targets
+from spg_hf.spg import ChainTerms, spg_loss
 
 VOCAB = CTC_VOCABULARY
 MAX_LABELS = CTC_MAX_LABELS
@@ -83,10 +83,12 @@ def test_module_terms_average_to_the_models_ctc_loss(reduction):
     labels = torch.tensor([[1, 2, 3, -100], [4, 4, 5, 6], [7, 0, -100, -100]])
     lengths = torch.tensor([10, 7, 9])
     targets = CTCTargets(labels, lengths, blank=0, reduction=reduction, zero_infinity=True)
-    losses, _ = per_example_terms("ctc", logits, targets, 0.5)
+    losses, _ = OBJECTIVES["ctc"].terms(logits, targets, 0.5)
     own = transformers.loss.loss_ctc.ForCTCLoss(logits, labels, lengths, 0, reduction=reduction, zero_infinity=True)
     torch.testing.assert_close(losses.mean(), own)
-    result = spg_loss(torch.tensor(0.0), torch.ones(3, dtype=torch.bool), [(losses, losses > -1)], [1.0], "batch")
+    result = spg_loss(
+        torch.tensor(0.0), [ChainTerms(torch.ones(3, dtype=torch.bool), [(losses, losses > -1)])], [1.0], "batch"
+    )
     torch.testing.assert_close(result.loss, own)
 
 
@@ -97,7 +99,7 @@ def test_module_terms_average_to_the_models_ctc_loss(reduction):
 def test_family_and_objective(class_name):
     model = build(class_name)
     family = head_family_for(model)
-    assert (family.name, family.task, spg_objective(model, family)) == ("ctc_lm_head", "ctc", "ctc")
+    assert (family.name, family.task, family.objective_names(model)[0]) == ("ctc_lm_head", "ctc", "ctc")
 
 
 @pytest.mark.parametrize("class_name", CLASSES)
@@ -108,7 +110,7 @@ def test_targets_read_the_frames_the_models_loss_reads(class_name):
     with torch.no_grad():
         outputs = model(**inputs)
     assert targets.frame_lengths.tolist()[0] < outputs.logits.shape[1] == targets.frame_lengths.tolist()[1]
-    losses, _ = per_example_terms("ctc", outputs.logits, targets, 0.5)
+    losses, _ = OBJECTIVES["ctc"].terms(outputs.logits, targets, 0.5)
     torch.testing.assert_close(losses.mean(), outputs.loss)
     without_mask = ctc_targets(model, {"input_values": inputs["input_values"], "labels": inputs["labels"]})
     assert without_mask.frame_lengths.tolist() == [outputs.logits.shape[1]] * 3

@@ -17,6 +17,7 @@ from conftest import (
     IMAGE_SIZE,
     SHORT_RUN,
     TINY_CONFIGS,
+    TRAINS_AS_TRAINER,
     assert_trained_alike,
     audio_dataset,
     choice_dataset,
@@ -33,7 +34,8 @@ from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for, resized_like, task_of
-from spg_hf.spg import TRPChain, per_example_terms, spg_loss
+from spg_hf.objectives import OBJECTIVES
+from spg_hf.spg import ChainTerms, TRPChain, spg_loss
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 AUTO_CLASSES = {
@@ -127,6 +129,21 @@ def head_logits(model, family, inputs):
     if family.task == "semantic_segmentation":
         shared = resized_like(shared, own)
     return own, shared
+
+
+def one_class_per_family() -> dict[str, tuple[str, dict]]:
+    """Family name -> a tested class and its config overrides (mean pooling is a ModernBERT setting)."""
+    candidates = [(name, {}) for name in sorted(TINY_CONFIGS)]
+    candidates.append(("ModernBertForSequenceClassification", {"classifier_pooling": "mean"}))
+    chosen: dict[str, tuple[str, dict]] = {}
+    for name, overrides in candidates:
+        chosen.setdefault(head_family_for(build(name, **overrides)).name, (name, overrides))
+    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README).
+    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier"}
+    return chosen
+
+
+ONE_CLASS_PER_FAMILY = one_class_per_family()
 
 
 def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
@@ -263,8 +280,8 @@ def test_chain_on_read_positions_equals_full_length_chain(class_name):
         full = [family.head(model, family.select(model, state, inputs), inputs) for state in chain(hidden)]
     losses = []
     for logits in (on_read, full):
-        terms = [per_example_terms("classification", t, labels, 0.5) for t in logits]
-        losses.append(spg_loss(terms[0][0].mean(), terms[0][1], terms, [0.4, 0.2, 0.1], "survivors").loss)
+        terms = [OBJECTIVES["classification"].terms(t, labels, 0.5) for t in logits]
+        losses.append(spg_loss(terms[0][0].mean(), [ChainTerms(terms[0][1], terms)], [0.4, 0.2, 0.1], "survivors").loss)
     assert torch.equal(losses[0], losses[1])
     for a, b in zip(on_read, full, strict=True):
         assert torch.equal(a, b)
@@ -290,14 +307,20 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-@pytest.mark.parametrize("class_name", sorted(TINY_CONFIGS))
-def test_disabled_spg_equals_trainer(tmp_path, class_name):
+@pytest.mark.parametrize(
+    "class_name, overrides, setting",
+    [(name, {}, "spg off") for name in sorted(TINY_CONFIGS)]
+    + [(name, overrides, "zero weights") for name, overrides in ONE_CLASS_PER_FAMILY.values()],
+)
+def test_spg_off_or_zero_weights_equal_trainer(tmp_path, class_name, overrides, setting):
+    """SPG off on every class; SPG with zero weights (the chain runs and adds nothing) on one class per family, whose
+    loss check passes at construction."""
     runs = []
     for trainer_class, args in (
         (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, training_args(str(tmp_path / "spg"), spg_enabled=False)),
+        (SPGTrainer, training_args(str(tmp_path / "spg"), **TRAINS_AS_TRAINER[setting])),
     ):
-        model = build(class_name)
+        model = build(class_name, **overrides)
         trainer = trainer_class(model=model, args=args, train_dataset=train_dataset(model))
         trainer.train()
         runs.append(trainer)

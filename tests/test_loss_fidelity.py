@@ -12,24 +12,18 @@ import pytest
 import torch
 from conftest import SHORT_RUN, TINY_CONFIGS, losses, qa_dataset, text_dataset, tiny_model, token_dataset
 from test_core_integrations import ChainWatcher, assert_chain_trained
-from test_heads import build, train_dataset
+from test_heads import ONE_CLASS_PER_FAMILY, build, train_dataset
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import FAMILIES, head_family_for
-from spg_hf.spg import TRPChain, per_example_terms, spg_loss, token_level_terms
+from spg_hf.objectives import OBJECTIVES
+from spg_hf.spg import ChainTerms, TRPChain, spg_loss, token_level_terms
 
 
 def one_model_per_family() -> dict[str, tuple[str, dict]]:
-    """Family name -> a tested class and its config overrides (mean pooling is a ModernBERT setting)."""
-    candidates = [(name, {}) for name in sorted(TINY_CONFIGS)]
-    candidates.append(("ModernBertForSequenceClassification", {"classifier_pooling": "mean"}))
-    chosen: dict[str, tuple[str, dict]] = {}
-    for name, overrides in candidates:
-        chosen.setdefault(head_family_for(build(name, **overrides)).name, (name, overrides))
-    # timm does not install beside the torch CI runs: its wrapper's family is checked by hand (README).
-    assert set(chosen) == {family.name for family in FAMILIES} - {"timm_classifier"}
+    """ONE_CLASS_PER_FAMILY but the families Trainer's label smoother cannot read."""
+    chosen = dict(ONE_CLASS_PER_FAMILY)
     # Trainer's label smoother reads CTC's per-frame logits against per-utterance labels, and segmentation's
     # [classes, h, w] logits against [H, W] labels, and fails: tests/test_ctc.py and tests/test_segmentation.py check
     # those base terms against Trainer's loss without smoothing.
@@ -133,12 +127,12 @@ def test_ignored_examples_count_in_no_term():
     module_logits = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     targets = torch.tensor([0, 0, -100, 1])
     trajectories = targets != -100
-    _, base_correct = per_example_terms("classification", logits, targets, 0.5)
-    terms = [per_example_terms("classification", module_logits, targets, 0.5)]
+    _, base_correct = OBJECTIVES["classification"].terms(logits, targets, 0.5)
+    terms = [OBJECTIVES["classification"].terms(module_logits, targets, 0.5)]
     module_losses = torch.nn.functional.cross_entropy(module_logits[[0, 1, 3]], targets[[0, 1, 3]], reduction="none")
     # Examples 0, 1, 3 are trajectories, all three right at the base: module 1's term averages their losses.
     for normalize in ("survivors", "batch"):
-        result = spg_loss(torch.tensor(0.0), base_correct, terms, [1.0], normalize, trajectories=trajectories)
+        result = spg_loss(torch.tensor(0.0), [ChainTerms(base_correct, terms, trajectories)], [1.0], normalize)
         assert result.loss.item() == pytest.approx(module_losses.mean().item(), rel=1e-6)
         assert result.survival.tolist() == [1.0]
 
@@ -169,7 +163,7 @@ def smoothed_cross_entropy_by_hand(logits: torch.Tensor, label: int) -> float:
 def test_module_terms_smooth_as_trainers_label_smoother():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
     labels = torch.tensor([0, 1, -100])
-    losses_, _ = per_example_terms("classification", logits, labels, 0.5, label_smoothing=EPSILON)
+    losses_, _ = OBJECTIVES["classification"].terms(logits, labels, 0.5, EPSILON)
     expected = [smoothed_cross_entropy_by_hand(logits[0], 0), smoothed_cross_entropy_by_hand(logits[1], 1), 0.0]
     assert losses_.tolist() == pytest.approx(expected, rel=1e-5)
     # Token level: the same smoothing on every labelled position still alive.
@@ -193,7 +187,7 @@ def test_trainer_hands_its_label_smoothing_to_the_module_terms(output_dir, class
 
     class Watch(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            seen.append(trainer._spg_run.label_smoothing)
+            seen.append(trainer._spg_run.smoothing(trainer._spg_run.objective))
 
     args = SPGTrainingArguments(output_dir=output_dir, label_smoothing_factor=EPSILON, **SHORT_RUN)
     trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset(), callbacks=[Watch()])

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 from conftest import (
     SHORT_RUN,
+    TRAINS_AS_TRAINER,
     assert_trained_alike,
     image_dataset,
     losses,
@@ -44,7 +45,12 @@ OWN_MODELS = {
     },
     "fcn_segmentation": (lambda: Segmenter(TinyFCN(3)), "net.classifier", segmentation_dataset),
 }
-OBJECTIVES = {"regression": "regression", "multi_label": "multi_label", "fcn_segmentation": "segmentation"}
+OBJECTIVES = {
+    "regression": "regression",
+    "multi_label": "multi_label",
+    "token_tagger": "token_classification",
+    "fcn_segmentation": "segmentation",
+}
 
 
 def build(name: str, seed: int = 0):
@@ -71,12 +77,14 @@ def test_spg_trains_an_own_model_and_saves_it_without_the_chain(tmp_path, name):
     assert saved.keys() == model.state_dict().keys()
 
 
-@pytest.mark.parametrize("name", ["text_classifier", "token_tagger", "resnet", "fcn_segmentation"])
-def test_disabled_spg_equals_trainer_on_an_own_model(tmp_path, name):
+@pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
+@pytest.mark.parametrize("name", sorted(OWN_MODELS))
+def test_spg_off_or_zero_weights_equal_trainer_on_an_own_model(tmp_path, name, setting):
+    spg = TRAINS_AS_TRAINER[setting]
     runs = []
     for trainer_class, args in (
         (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, spg_args(str(tmp_path / "spg"), spg_enabled=False, spg_head=OWN_MODELS[name][1])),
+        (SPGTrainer, spg_args(str(tmp_path / "spg"), spg_head=OWN_MODELS[name][1], **spg)),
     ):
         model, _, dataset = build(name)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset)

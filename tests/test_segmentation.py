@@ -14,8 +14,8 @@ from own_models import Segmenter, TinyFCN
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.heads import segmentation_targets
-from spg_hf.spg import SegmentationTargets, per_example_terms, spg_loss
+from spg_hf.objectives import OBJECTIVES, SegmentationTargets
+from spg_hf.spg import ChainTerms, spg_loss
 from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
 
 
@@ -24,16 +24,14 @@ def test_survival_counts_labelled_pixels_only():
     logits = torch.tensor([[[[5.0, 0.0], [0.0, 0.0]], [[0.0, 5.0], [0.0, 5.0]], [[0.0, 0.0], [5.0, 0.0]]]])
     labels = torch.tensor([[[0, 1], [1, SEGMENTATION_IGNORE]]])
     targets = SegmentationTargets(labels, SEGMENTATION_IGNORE)
-    base_losses, base_correct = per_example_terms("segmentation", logits, targets, 0.5)
+    base_losses, base_correct = OBJECTIVES["segmentation"].terms(logits, targets, 0.5)
     assert base_correct.tolist() == [True, True, False, False]  # pixel 2 predicts class 2, labelled 1
     assert base_losses[3] == 0  # ignored
     # A module that gets pixel 0 right and pixel 1 wrong: survival to module 1 is 2 of the 3 labelled pixels.
     module_logits = torch.tensor([[[[5.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 5.0], [5.0, 0.0]]]])
-    module_losses, module_correct = per_example_terms("segmentation", module_logits, targets, 0.5)
-    result = spg_loss(
-        torch.tensor(0.0), base_correct, [(module_losses, module_correct)], [1.0], "batch",
-        trajectories=targets.pixels(),
-    )  # fmt: skip
+    module_losses, module_correct = OBJECTIVES["segmentation"].terms(module_logits, targets, 0.5)
+    chain = ChainTerms(base_correct, [(module_losses, module_correct)], targets.pixels())
+    result = spg_loss(torch.tensor(0.0), [chain], [1.0], "batch")
     assert result.survival.tolist() == pytest.approx([2 / 3])
     # "batch": the module's loss over the 2 surviving pixels, divided by the 3 labelled ones.
     expected = (module_losses[0] + module_losses[1]) / 3
@@ -46,7 +44,9 @@ def test_module_terms_upsample_to_the_labels_as_the_models_loss_does():
     batch = segmentation_dataset(size=2).with_format("torch")[:2]
     with torch.no_grad():
         outputs = model(**batch)
-    per_pixel, _ = per_example_terms("segmentation", outputs.logits, segmentation_targets(model, batch), 0.5)
+    per_pixel, _ = OBJECTIVES["segmentation"].terms(
+        outputs.logits, OBJECTIVES["segmentation"].targets(model, batch), 0.5
+    )
     labelled = batch["labels"] != SEGMENTATION_IGNORE
     assert outputs.logits.shape[-1] < batch["labels"].shape[-1]  # the logits are smaller than the labels
     assert (per_pixel.sum() / labelled.sum()).item() == pytest.approx(outputs.loss.item(), rel=1e-5)
@@ -110,7 +110,7 @@ def test_auxiliary_head_adds_its_own_chains_terms_with_the_models_weight(tmp_pat
     labelled = targets.pixels().sum()
     terms, survival = [], []
     for logits in head_logits:
-        pixel_losses, correct = per_example_terms("segmentation", logits, targets, 0.5)
+        pixel_losses, correct = OBJECTIVES["segmentation"].terms(logits, targets, 0.5)
         terms.append((pixel_losses * correct).sum() / labelled)
         survival.append(correct.sum() / labelled)
     weight = 0.5

@@ -8,7 +8,17 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import SHORT_RUN, T5, assert_trained_alike, losses, no_dropout, text_dataset, tiny_model, token_dataset
+from conftest import (
+    SHORT_RUN,
+    T5,
+    TRAINS_AS_TRAINER,
+    assert_trained_alike,
+    losses,
+    no_dropout,
+    text_dataset,
+    tiny_model,
+    token_dataset,
+)
 from datasets import Dataset
 from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -64,15 +74,37 @@ def test_lora_trains_with_spg_and_saves_an_adapter_folder(tmp_path, task):
     torch.testing.assert_close(predictions(reloaded, dataset), predictions(model, dataset))
 
 
-@pytest.mark.parametrize("task", sorted(LORA_TASKS))
-def test_lora_with_spg_disabled_equals_trainer(tmp_path, task):
-    dataset = LORA_TASKS[task][3]()
+PEFT_MODELS = {
+    **{f"LoRA {task}": (lambda task=task: lora_model(task), LORA_TASKS[task][3]) for task in LORA_TASKS},
+    "prompt tuning causal LM": (
+        lambda: get_peft_model(
+            tiny_model("LlamaForCausalLM", **no_dropout()),
+            PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        ),
+        lambda: token_dataset(task="causal_lm"),
+    ),
+    "prompt tuning last-token classifier": (
+        lambda: get_peft_model(
+            tiny_model("LlamaForSequenceClassification", num_labels=2),
+            PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+        ),
+        text_dataset,
+    ),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
+@pytest.mark.parametrize("adapter", sorted(PEFT_MODELS))
+def test_peft_with_spg_off_or_zero_weights_equals_trainer(tmp_path, adapter, setting):
+    model_factory, dataset_factory = PEFT_MODELS[adapter]
+    dataset = dataset_factory()
     runs = []
     for trainer_class, args in (
         (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), spg_enabled=False, **SHORT_RUN)),
+        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), **TRAINS_AS_TRAINER[setting], **SHORT_RUN)),
     ):
-        trainer = trainer_class(model=lora_model(task), args=args, train_dataset=dataset)
+        torch.manual_seed(0)
+        trainer = trainer_class(model=model_factory(), args=args, train_dataset=dataset)
         trainer.train()
         runs.append(trainer)
     assert_trained_alike(*runs)
@@ -149,12 +181,13 @@ def test_seq2seq_trains_with_spg_and_evaluates_with_generate(tmp_path, class_nam
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
+@pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
 @pytest.mark.parametrize("class_name", sorted(SEQ2SEQ))
-def test_seq2seq_with_spg_disabled_equals_seq2seq_trainer(tmp_path, class_name):
+def test_seq2seq_with_spg_off_or_zero_weights_equals_seq2seq_trainer(tmp_path, class_name, setting):
     runs = []
     for trainer_class, args_class, extra in (
         (Seq2SeqTrainer, Seq2SeqTrainingArguments, {}),
-        (SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, {"spg_enabled": False}),
+        (SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, TRAINS_AS_TRAINER[setting]),
     ):
         args = args_class(output_dir=str(tmp_path / trainer_class.__name__), **SHORT_RUN, **extra)
         trainer = trainer_class(model=seq2seq_model(class_name), args=args, train_dataset=seq2seq_dataset())

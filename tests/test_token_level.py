@@ -74,7 +74,7 @@ def test_loss_matches_hand_computation(output_dir, class_name, normalize):
     model.train()
     loss = trainer.compute_loss(model, inputs | {"labels": labels})
     expected = hand_loss(model, chain, inputs, targets, normalize)
-    survival = trainer._spg_run.survival_sum
+    survival = trainer._spg_run.main.survival_sum
     assert survival[1] > 0, "no position survived module 1: the check would not exercise the masks"
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 

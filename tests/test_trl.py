@@ -8,13 +8,13 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import DECODER, assert_trained_alike
+from conftest import DECODER, TRAINS_AS_TRAINER, assert_trained_alike
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl import SFTConfig, SFTTrainer
 
-from spg_hf.heads import IGNORE_INDEX, token_targets
+from spg_hf.objectives import IGNORE_INDEX, next_token_targets
 from spg_hf.trl import SPGSFTConfig, SPGSFTTrainer
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
@@ -83,12 +83,13 @@ def test_sft_trains_with_spg_and_keeps_trls_metrics(tmp_path, kind, packing):
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
+@pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
 @pytest.mark.parametrize("kind", ["prompt-completion", "conversational"])
-def test_sft_with_spg_disabled_equals_sft_trainer(tmp_path, kind):
+def test_sft_with_spg_off_or_zero_weights_equals_sft_trainer(tmp_path, kind, setting):
     runs = []
     for trainer_class, config_class, extra in (
         (SFTTrainer, SFTConfig, {}),
-        (SPGSFTTrainer, SPGSFTConfig, {"spg_enabled": False}),
+        (SPGSFTTrainer, SPGSFTConfig, TRAINS_AS_TRAINER[setting]),
     ):
         args = config_class(output_dir=str(tmp_path / trainer_class.__name__), **RUN, **extra)
         trainer = trainer_class(
@@ -114,5 +115,5 @@ def test_no_trajectory_crosses_a_packed_sequence_boundary():
     # sequence's first token to -100; these labels do not, and the boundary must still hold.
     input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])
-    targets = token_targets("causal_lm", {"position_ids": position_ids}, input_ids)
+    targets = next_token_targets({"position_ids": position_ids}, input_ids)
     assert targets.tolist() == [[6, 7, IGNORE_INDEX, 9, 10, 11, IGNORE_INDEX]]
