@@ -34,6 +34,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.loss.loss_utils import (
     ForCausalLMLoss,
     ForMaskedLMLoss,
@@ -532,6 +533,13 @@ class SPGChainRun:
         self.recorded_batches += 1
 
 
+def deepspeed_gathered(parameters: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """ZeRO-3 partitioned parameters gathered whole on every process (a collective) for reading."""
+    import deepspeed  # only under DeepSpeed, which is an optional dependency
+
+    return deepspeed.zero.GatheredParameters(parameters, modifier_rank=None)
+
+
 @contextlib.contextmanager
 def preserved_random_state() -> Iterator[None]:
     """Restores the random states of Python, NumPy and torch's CPU generator on exit."""
@@ -912,11 +920,18 @@ class SPGTrainerMixin:
     # ---- checkpoints carry the temporary weights; saved models do not ----
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        chain_state = None
+        if self._spg_run is not None:
+            # Under ZeRO-3 the chain is partitioned like the model: every process gathers it, one writes it.
+            chains = [parameter for head in self._spg_run.heads for parameter in head.chain.parameters()]
+            gathered = deepspeed_gathered(chains) if is_deepspeed_zero3_enabled() else contextlib.nullcontext()
+            with gathered:
+                chain_state = {name: t.detach().cpu().clone() for name, t in self._spg_run.chain_state_dict().items()}
         if self.args.should_save:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            self._start_checkpoint(folder)
+            self._start_checkpoint(folder, chain_state)
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -927,7 +942,7 @@ class SPGTrainerMixin:
             state_dict = {name: tensor for name, tensor in state_dict.items() if name not in self._spg_run.chain_keys}
         super()._save(output_dir, state_dict)
 
-    def _start_checkpoint(self, folder: str) -> None:
+    def _start_checkpoint(self, folder: str, chain_state: dict[str, torch.Tensor] | None) -> None:
         # Trainer writes trainer_state.json last and deletes older checkpoints after it, so that file marks a complete
         # checkpoint (spg_hf.checkpoints): the SPG weights go in before Trainer starts, and the mark and SPG weights
         # that an interrupted earlier save of this step left behind go first, so that old and new files never pass
@@ -936,9 +951,9 @@ class SPGTrainerMixin:
         for name in (TRAINER_STATE_NAME, SPG_WEIGHTS_NAME):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
-        if self._spg_run is not None:
+        if chain_state is not None:
             safetensors.torch.save_file(
-                {name: tensor.contiguous() for name, tensor in self._spg_run.chain_state_dict().items()},
+                {name: tensor.contiguous() for name, tensor in chain_state.items()},
                 os.path.join(folder, SPG_WEIGHTS_NAME),
             )
 
@@ -965,29 +980,35 @@ class SPGTrainerMixin:
                     f"Can't find a valid checkpoint at {resume_from_checkpoint}: {defect}. Pass an older checkpoint, "
                     "or resume_from_checkpoint=True for the newest complete one in output_dir."
                 )
+        if resume_from_checkpoint:
+            self._check_checkpoint_mode(resume_from_checkpoint)
         return resume_from_checkpoint or None
 
+    def _check_checkpoint_mode(self, checkpoint: str) -> None:
+        """A ValueError before training where the checkpoint was saved in the other mode. The optimizer state covers
+        the SPG modules exactly when the checkpoint has their weights, so a checkpoint only continues in the mode it
+        was saved in; switching modes starts a new run from its weights. Checked here, before Trainer loads anything:
+        under DeepSpeed, Trainer resumes through DeepSpeed's engine and never calls `_load_from_checkpoint`."""
+        saved_by_spg = os.path.isfile(os.path.join(checkpoint, SPG_WEIGHTS_NAME))
+        if self.args.spg_enabled and not saved_by_spg:
+            raise ValueError(
+                f"{checkpoint} was saved with spg_enabled=False: it has no {SPG_WEIGHTS_NAME}, which an SPG run "
+                "writes before its checkpoint is complete, so its optimizer state has nothing for the SPG modules. "
+                "Continue it with spg_enabled=False, or train with SPG from its weights in a new output_dir "
+                f"(model_name_or_path={checkpoint})."
+            )
+        if not self.args.spg_enabled and saved_by_spg:
+            raise ValueError(
+                f"{checkpoint} was saved by an SPG run (it has {SPG_WEIGHTS_NAME}), so its optimizer state includes "
+                "the SPG modules: continue it with spg_enabled=True and its spg_weights and spg_dropout, or train "
+                "without SPG from its weights (which leave out the SPG modules) in a new output_dir "
+                f"(model_name_or_path={checkpoint})."
+            )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        path = os.path.join(resume_from_checkpoint, SPG_WEIGHTS_NAME)
-        saved_by_spg = os.path.isfile(path)
-        # The optimizer state covers the SPG modules exactly when the checkpoint has their weights, so a checkpoint
-        # only continues in the mode it was saved in; switching modes starts a new run from its weights.
-        if self._spg_run is not None and not saved_by_spg:
-            raise ValueError(
-                f"{resume_from_checkpoint} was saved with spg_enabled=False: it has no {SPG_WEIGHTS_NAME}, which an "
-                "SPG run writes before its checkpoint is complete, so its optimizer state has nothing for the SPG "
-                "modules. Continue it with spg_enabled=False, or train with SPG from its weights in a new "
-                f"output_dir (model_name_or_path={resume_from_checkpoint})."
-            )
-        if self._spg_run is None and saved_by_spg:
-            raise ValueError(
-                f"{resume_from_checkpoint} was saved by an SPG run (it has {SPG_WEIGHTS_NAME}), so its optimizer "
-                "state includes the SPG modules: continue it with spg_enabled=True and its spg_weights and "
-                "spg_dropout, or train without SPG from its weights (which leave out the SPG modules) in a new "
-                f"output_dir (model_name_or_path={resume_from_checkpoint})."
-            )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self._spg_run is not None:
+            path = os.path.join(resume_from_checkpoint, SPG_WEIGHTS_NAME)
             self._spg_run.load_chain_state_dict(safetensors.torch.load_file(path, device="cpu"))
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:

@@ -51,19 +51,6 @@ ZERO_GRADIENT = "attention.self.key.bias"
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-4
 
-CHECKPOINT_CHAIN_BUG = (
-    "Library change needed (spg_hf/spg_trainer.py, SPGTrainer._start_checkpoint): under ZeRO-3 the chain's "
-    "parameters are partitioned, so chain_state_dict() returns empty tensors and spg_modules.safetensors holds "
-    "shape-[0] weights; gather them first (deepspeed.zero.GatheredParameters, on every rank, before the should_save "
-    "check). Resuming under DeepSpeed is unaffected: DeepSpeed's own checkpoint restores the chain."
-)
-MODE_CHECK_BUG = (
-    "Library change needed (spg_hf/spg_trainer.py): under DeepSpeed Trainer never calls _load_from_checkpoint, so "
-    "SPGTrainer's refusal of a checkpoint saved in the other mode (plain vs SPG) is skipped and DeepSpeed's strict "
-    "load fails later with 'Missing key(s) ... spg_chain...'; make the check in _checkpoint_to_resume (before "
-    "training, for every engine)."
-)
-
 
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory) -> str:
@@ -158,9 +145,7 @@ def test_zero_resume_continues_with_the_chain(zero_runs, stage):
         assert_close(tensors(zero_runs, stage, "bert_resumed", part), tensors(zero_runs, stage, "bert_spg", part))
 
 
-@pytest.mark.parametrize(
-    "stage", [2, pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=CHECKPOINT_CHAIN_BUG))]
-)
+@pytest.mark.parametrize("stage", STAGES)
 def test_zero_checkpoint_carries_the_chain_weights(zero_runs, stage):
     """spg_modules.safetensors in checkpoint-2 holds the chain as it was at step 2 (what the resumed run started
     from)."""
@@ -189,9 +174,7 @@ def test_zero_spg_off_equals_trainer(zero_runs, stage):
     assert all(torch.equal(off_weights[name], plain_weights[name]) for name in off_weights)
 
 
-@pytest.mark.parametrize(
-    "stage", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=MODE_CHECK_BUG)) for s in STAGES]
-)
+@pytest.mark.parametrize("stage", STAGES)
 def test_zero_refuses_a_checkpoint_of_the_other_mode(zero_runs, stage):
     """A plain run's checkpoint resumed with SPG on is refused with SPGTrainer's reason, as without DeepSpeed."""
     error = results(zero_runs, stage, "bert_on_from_off")["error"]
