@@ -14,7 +14,7 @@ import logging
 
 from transformers import set_seed
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.tasks.audio import (
     EVAL,
     TRAIN,
@@ -25,14 +25,21 @@ from spg_hf.tasks.audio import (
     make_compute_metrics,
     prepare_datasets,
 )
-from spg_hf.tasks.cli import parse_arguments, prepare_output_dir, run_main, setup_logging, write_model_card
+from spg_hf.tasks.cli import (
+    ScriptTrainingArguments,
+    parse_arguments,
+    prepare_output_dir,
+    run_main,
+    setup_logging,
+    write_model_card,
+)
 
 logger = logging.getLogger("spg_hf")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_arguments(
-        (AudioModelArguments, DataTrainingArguments, SPGTrainingArguments), argv
+        (AudioModelArguments, DataTrainingArguments, ScriptTrainingArguments), argv
     )
     setup_logging(training_args)
     # The transforms read the raw audio column, which Trainer would otherwise drop as unknown to the model.

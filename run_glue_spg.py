@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Fine-tune a model on a GLUE task with SPG: HuggingFace's run_glue.py, trained with SPGTrainer.
 
-Settings come from one YAML/JSON config or from flags, with run_glue.py's names plus SPGTrainingArguments:
+Settings come from one YAML/JSON config or from flags, with run_glue.py's names plus
+ScriptTrainingArguments (SPGTrainingArguments and overwrite_output_dir):
 
     python run_glue_spg.py configs/glue/rte_minilm_cpu.yaml
     accelerate launch --config_file configs/accelerate/single_gpu.yaml \\
@@ -18,10 +19,11 @@ import os
 
 from transformers import set_seed
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.tasks import glue
 from spg_hf.tasks.cli import (
     ModelArguments,
+    ScriptTrainingArguments,
     parse_arguments,
     prepare_output_dir,
     run_main,
@@ -34,7 +36,7 @@ logger = logging.getLogger("spg_hf.run_glue")
 
 def main() -> None:
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, glue.DataTrainingArguments, SPGTrainingArguments)
+        (ModelArguments, glue.DataTrainingArguments, ScriptTrainingArguments)
     )
     setup_logging(training_args)
     logger.warning(

@@ -4,7 +4,7 @@
     python run_qa_spg.py --model_name_or_path bert-base-uncased --dataset_name rajpurkar/squad \
         --do_train --do_eval --output_dir outputs/squad
 
-Arguments: spg_hf.tasks.cli.ModelArguments, spg_hf.tasks.qa.DataTrainingArguments and SPGTrainingArguments
+Arguments: spg_hf.tasks.cli.ModelArguments, spg_hf.tasks.qa.DataTrainingArguments and ScriptTrainingArguments
 (`--help` lists them).
 """
 
@@ -14,9 +14,10 @@ import logging
 
 from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.tasks.cli import (
     ModelArguments,
+    ScriptTrainingArguments,
     parse_arguments,
     prepare_output_dir,
     run_main,
@@ -36,7 +37,7 @@ logger = logging.getLogger("spg_hf")
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataTrainingArguments, SPGTrainingArguments), argv
+        (ModelArguments, DataTrainingArguments, ScriptTrainingArguments), argv
     )
     setup_logging(training_args)
     logger.info(f"Training/evaluation parameters {training_args}")

@@ -5,16 +5,16 @@ seed, scored by character error rate (CER) on held-out clips with greedy CTC dec
     OMP_NUM_THREADS=1 python -m bench.ctc_digits --seeds 1 2 3 4 5 6 --epochs 30 --lr 2e-3 \\
         --out bench/results/ctc_digits
 
-Data: FSDD (/work/shared/data/audio/free-spoken-digit-dataset/recordings, or --data-dir / $FSDD_DIR), loaded with
-spg_hf.tasks.audio's file listing, label and split code. --split index (default): the dataset's own split
+Data: FSDD (../shared/data/audio/free-spoken-digit-dataset/recordings beside the checkout, or --data-dir / $FSDD_DIR),
+loaded with spg_hf.tasks.audio's file listing, label and split code. --split index (default): the dataset's own split
 (recordings 0-4 of every speaker and digit are the test set: 300 clips; 2,700 train); --split speaker: the unseen
-speaker theo is the test set (500 clips; 2,500 train), as configs/audio/fsdd_wav2vec2_tiny_cpu.yaml; run it with
---out bench/results/ctc_digits/speaker_theo. Clips stay at 8 kHz (the conv encoder's stride is 160 samples, so
-50 frames a second, as the 16 kHz tiny config's 320) and are whole (no cropping: a crop would cut letters).
-Vocabulary: 0 = blank/pad, then the 15 letters of the ten words. The model follows the tiny audio config
-(configs/audio/tiny_wav2vec2, widened to 64 as configs/audio/fsdd_wav2vec2_tiny_cpu.yaml), with a layer-norm conv
-encoder (so attention masks are exact on padded batches), no SpecAugment, ctc_loss_reduction="mean",
-ctc_zero_infinity=True. SPG: the library's defaults except spg_normalize (see --spg-normalize).
+speaker theo is the test set (500 clips; 2,500 train), as configs/audio/fsdd_wav2vec2_tiny_cpu.yaml; run it with --out
+bench/results/ctc_digits/speaker_theo. Clips stay at 8 kHz (the conv encoder's stride is 160 samples, so 50 frames a
+second, as the 16 kHz tiny config's 320) and are whole (no cropping: a crop would cut letters). Vocabulary: 0 =
+blank/pad, then the 15 letters of the ten words. The model follows the tiny audio config (configs/audio/tiny_wav2vec2,
+widened to 64 as configs/audio/fsdd_wav2vec2_tiny_cpu.yaml), with a layer-norm conv encoder (so attention masks are
+exact on padded batches), no SpecAugment, ctc_loss_reduction="mean", ctc_zero_infinity=True. SPG: the library's defaults
+except spg_normalize (see --spg-normalize).
 
 Each finished run is one JSON row in <out>/raw.jsonl (a restart skips finished runs); runs go seed by seed, plain
 then SPG. CER = total character edit distance / total reference characters over the test clips.
@@ -40,7 +40,8 @@ from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.compare import paired_difference
 from spg_hf.tasks.audio import EVAL, TRAIN, DataTrainingArguments, load_audio, load_local_datasets
 
-DEFAULT_DATA_DIR = "/work/shared/data/audio/free-spoken-digit-dataset/recordings"
+# The shared data beside the checkout (resolved, as the rows record it).
+DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[2] / "shared/data/audio/free-spoken-digit-dataset/recordings")
 RATE = 8000
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LETTERS = sorted(set("".join(WORDS)))

@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.spg_config import SPGArguments, SPGSeq2SeqTrainingArguments, SPGTrainingArguments
-from spg_hf.spg_trainer import SPGSeq2SeqTrainer, SPGTrainer, SPGTrainerMixin
+from spg_hf.trainer import SPGSeq2SeqTrainer, SPGTrainer, SPGTrainerMixin
 
 try:
     __version__ = version("spg-hf")  # the installed distribution's version, i.e. pyproject.toml's when installed

@@ -114,13 +114,6 @@ class SPGArguments:
         default=0,
         metadata={"help": "Optimizer cold start in optimizer steps; overrides cold_start_epochs when > 0."},
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Example scripts: train into a non-empty output_dir from scratch instead of refusing "
-            "(or resuming from its last checkpoint)."
-        },
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

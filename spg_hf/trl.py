@@ -17,7 +17,7 @@ from trl import SFTConfig, SFTTrainer
 
 from spg_hf.heads import NAMED_HEAD, HeadFamily
 from spg_hf.spg_config import SPGArguments
-from spg_hf.spg_trainer import SPGTrainerMixin
+from spg_hf.trainer import SPGTrainerMixin
 
 
 @dataclass

@@ -19,15 +19,15 @@ import transformers.trainer
 from conftest import text_dataset, tiny_bert
 from transformers import TrainerCallback, TrainerState
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.tasks.cli import prepare_output_dir
+from spg_hf import SPGTrainer
+from spg_hf.tasks.cli import ScriptTrainingArguments, prepare_output_dir
 
 MAX_STEPS = 4
 SAVE_STEPS = 2
 # What a checkpoint save does, in order: SPGTrainer's SPG weights, then Trainer 5.24's _save_checkpoint (model,
 # optimizer and scheduler, RNG state, trainer_state.json, deleting older checkpoints).
 SAVE_PARTS = (
-    "_start_checkpoint",
+    "_spg_start_checkpoint",
     "save_model",
     "_save_optimizer_and_scheduler",
     "_save_rng_state",
@@ -47,7 +47,7 @@ class FinalWeights(TrainerCallback):
 
 
 def crash_run_trainer(output_dir: str) -> tuple[SPGTrainer, FinalWeights]:
-    args = SPGTrainingArguments(
+    args = ScriptTrainingArguments(
         output_dir=output_dir,
         do_train=True,
         per_device_train_batch_size=8,

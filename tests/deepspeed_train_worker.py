@@ -32,8 +32,8 @@ from conftest import greedy_lm_dataset, no_dropout, qa_dataset, text_dataset, ti
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.spg_trainer import CHAIN_ATTRIBUTE
 from spg_hf.tasks.cli import run_main
+from spg_hf.trainer import CHAIN_ATTRIBUTE
 
 FAMILIES = {
     # family -> (model class, training set): example-level (a pooled classifier, a span head) and token-level (a

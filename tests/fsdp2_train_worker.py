@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.distributed.configuration_utils import DistributedConfig
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.spg_trainer import CHAIN_ATTRIBUTE
 from spg_hf.tasks.cli import run_main
+from spg_hf.trainer import CHAIN_ATTRIBUTE
 
 MODELS = {
     "bert": (AutoModelForSequenceClassification, lambda: text_dataset(size=32)),

@@ -13,10 +13,10 @@ import torch
 from conftest import no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments, spg_trainer
+from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.objectives import OBJECTIVES
 from spg_hf.spg import ChainStatistics, ChainTerms, SPGLoss, spg_loss
-from spg_hf.spg_trainer import SPG_WEIGHTS_NAME, SPGChainRun
+from spg_hf.trainer import SPG_WEIGHTS_NAME, SPGChainRun, overrides
 
 WEIGHTS = [0.4, 0.2, 0.1]
 
@@ -367,7 +367,7 @@ def test_survivors_of_one_label_warn_once_from_three_quarters_of_training(output
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([10.0, 0.0]))  # predicts "unacceptable" for every example
     trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset())
-    with caplog.at_level(logging.WARNING, logger=spg_trainer.__name__):
+    with caplog.at_level(logging.WARNING, logger=overrides.__name__):
         trainer.train()
     shares = [log["spg/survivors_in_top_label"] for log in trainer.state.log_history if "loss" in log]
     assert shares == [1.0, 1.0, 1.0, 1.0]

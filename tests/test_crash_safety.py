@@ -20,9 +20,9 @@ from crash_train_worker import SAVE_PARTS, SAVE_STEPS, crash_run_trainer, save_p
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.checkpoints import checkpoint_defect, last_complete_checkpoint
-from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
-from spg_hf.tasks.cli import prepare_output_dir
+from spg_hf.tasks.cli import ScriptTrainingArguments, prepare_output_dir
+from spg_hf.trainer import SPG_WEIGHTS_NAME
+from spg_hf.trainer.checkpoints import checkpoint_defect, last_complete_checkpoint
 
 WORKER = os.path.join(os.path.dirname(__file__), "crash_train_worker.py")
 
@@ -196,7 +196,7 @@ def test_example_scripts_resume_from_the_newest_complete_checkpoint(tmp_path, un
     for step in (2, 4, 6):
         copy_checkpoint(uninterrupted.last_checkpoint, output_dir, step)
     os.truncate(output_dir / "checkpoint-6" / "model.safetensors", 100)
-    args = SPGTrainingArguments(output_dir=str(output_dir), do_train=True)
+    args = ScriptTrainingArguments(output_dir=str(output_dir), do_train=True)
     assert prepare_output_dir(args) == str(output_dir / "checkpoint-4")
     newest, skipped = last_complete_checkpoint(str(output_dir))
     assert newest == str(output_dir / "checkpoint-4")

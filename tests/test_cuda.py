@@ -20,7 +20,7 @@ from conftest import (
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.spg_trainer import CHAIN_ATTRIBUTE
+from spg_hf.trainer import CHAIN_ATTRIBUTE
 
 pytestmark = [
     pytest.mark.cuda,

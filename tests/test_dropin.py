@@ -18,7 +18,8 @@ from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, spg_config
-from spg_hf.spg_trainer import check_spg_support, loss_divides_by_item_count
+from spg_hf.trainer import check_spg_support
+from spg_hf.trainer._compat import loss_divides_by_item_count
 
 DECODER = dict(
     vocab_size=99,

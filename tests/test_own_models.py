@@ -21,7 +21,7 @@ from own_models import VISION_NETWORKS, ImageClassifier, Segmenter, TextClassifi
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
-from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
+from spg_hf.trainer import SPG_WEIGHTS_NAME
 
 MULTI_LABELS = 3
 

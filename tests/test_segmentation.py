@@ -16,7 +16,7 @@ from transformers import Trainer, TrainingArguments
 from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.objectives import OBJECTIVES, SegmentationTargets
 from spg_hf.spg import ChainTerms, spg_loss
-from spg_hf.spg_trainer import SPG_WEIGHTS_NAME
+from spg_hf.trainer import SPG_WEIGHTS_NAME
 
 
 def test_survival_counts_labelled_pixels_only():

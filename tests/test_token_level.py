@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from conftest import SHORT_RUN, no_dropout, tiny_model, token_dataset
 
-from spg_hf import SPGTrainer, SPGTrainingArguments, spg_trainer
+from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.spg import SURVIVOR_EPS
+from spg_hf.trainer import overrides
 
 WEIGHTS = [0.4, 0.2, 0.1]
 
@@ -98,10 +99,10 @@ def test_few_surviving_tokens_warn_once_under_survivors_normalisation(output_dir
         args=training_args(output_dir, spg_normalize=normalize),
         train_dataset=token_dataset(task="causal_lm"),
     )
-    with caplog.at_level(logging.WARNING, logger=spg_trainer.__name__):
+    with caplog.at_level(logging.WARNING, logger=overrides.__name__):
         trainer.train()
     survival = [log["spg/survival_1"] for log in trainer.state.log_history if "spg/survival_1" in log]
-    assert len(survival) == 3 and max(survival) < spg_trainer.LOW_TOKEN_SURVIVAL
+    assert len(survival) == 3 and max(survival) < overrides.LOW_TOKEN_SURVIVAL
     messages = [record.getMessage() for record in caplog.records if "reach module 1" in record.getMessage()]
     assert len(messages) == (1 if warned else 0)
     if warned:

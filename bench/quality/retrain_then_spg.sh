@@ -11,7 +11,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 # Where the results go; the stage-2 flags name the stage-1 folders under it, so resume with the same OUT_ROOT.
 OUT_ROOT=${OUT_ROOT:-$REPO}
-GLUE_DIR=${GLUE_DIR:-/work/shared/data/glue}
+# The shared data beside the checkout unless GLUE_DIR says otherwise (resolved: the rows record the path).
+GLUE_DIR=${GLUE_DIR:-$(cd "$REPO/../shared/data/glue" && pwd)}
 PYTHON=${PYTHON:-python}
 cd "$REPO"
 shared=(--data_dir "$GLUE_DIR" --do_train true --do_eval true

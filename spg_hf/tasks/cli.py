@@ -20,7 +20,8 @@ import transformers
 import yaml
 from transformers import AutoConfig, HfArgumentParser, PretrainedConfig, PreTrainedModel
 
-from spg_hf.checkpoints import CHECKPOINT_FOLDER, last_complete_checkpoint
+from spg_hf.spg_config import SPGTrainingArguments
+from spg_hf.trainer.checkpoints import CHECKPOINT_FOLDER, last_complete_checkpoint
 
 logger = logging.getLogger("spg_hf")
 
@@ -109,6 +110,19 @@ class ModelArguments:
             ignore_mismatched_sizes=self.ignore_mismatched_sizes,
             **self.hub_kwargs(),
         )
+
+
+@dataclass
+class ScriptTrainingArguments(SPGTrainingArguments):
+    """`SPGTrainingArguments` with the one setting only the example scripts read."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into a non-empty output_dir from scratch instead of refusing (or resuming from its last "
+            "checkpoint)."
+        },
+    )
 
 
 def _parse_scalar(raw: str) -> Any:
