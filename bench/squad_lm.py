@@ -11,7 +11,10 @@ into blocks of --block_size tokens, as HF's run_mlm.py / run_clm.py group texts.
 once with a fixed seed, so every run is scored on the same positions.
 
 Every method runs through `SPGTrainer`: `spg_enabled` off ("plain"), on with the library's defaults ("spg"), or on
-with `spg_normalize batch` ("spg_batch", with --methods), from the same initialisation per seed. The metric is the
+with `spg_normalize batch` ("spg_batch", with --methods), from the same initialisation per seed. The library's
+defaults give token-level tasks `spg_normalize batch` since commit bb9b734, so today "spg" trains as "spg_batch";
+the recorded "spg" rows in bench/results/squad_lm ran with the earlier default, `survivors` (commit 04190ef: rerun
+them from a checkout of it, with --out naming an empty folder; docs/results.md, "Token-level SPG"). The metric is the
 held-out loss per predicted token (the masked tokens; the next tokens), summed over every held-out token, its
 perplexity exp(loss), and the held-out top-1 token accuracy.
 
@@ -42,7 +45,8 @@ from spg_hf import SPGTrainer, SPGTrainingArguments
 from spg_hf.tasks.cli import resolve_package_path
 from spg_hf.tasks.qa import read_squad_file, split_by_article
 
-# Method -> SPGTrainingArguments it changes: "spg" is the library's defaults; "spg_batch" divides the module terms
+# Method -> SPGTrainingArguments it changes: "spg" is the library's defaults (for these token-level tasks
+# `spg_normalize batch` since bb9b734; `survivors` when the recorded rows ran); "spg_batch" divides the module terms
 # by all labelled positions instead of the survivors, so their weight shrinks with the share of right predictions.
 METHODS = {
     "plain": {"spg_enabled": False},
