@@ -21,7 +21,7 @@ class SPGTrainer(SPGTrainerMixin, Trainer):
 
 class SPGSeq2SeqTrainer(SPGTrainerMixin, Seq2SeqTrainer):
     """`Seq2SeqTrainer` that trains with SPG when `args.spg_enabled`: token-level SPG on the decoder's LM head of
-    encoder-decoder models (T5, BART, mBART, Marian, Whisper, ...: the `seq2seq_lm_head` family). Evaluation with
+    encoder-decoder models (the `seq2seq_lm_head` family; tested on T5 and BART). Evaluation with
     `predict_with_generate` and `predict()` are Seq2SeqTrainer's own; `args` are `SPGSeq2SeqTrainingArguments`."""
 
     spg_arguments_class = SPGSeq2SeqTrainingArguments
