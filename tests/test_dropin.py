@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import HIDDEN, no_dropout, text_dataset, tiny_bert, tiny_model, torchrun
+from conftest import DECODER, HIDDEN, MODERNBERT, TEXT, no_dropout, text_dataset, tiny_bert, tiny_model, torchrun
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
@@ -21,36 +21,13 @@ from spg_hf import SPGTrainer, SPGTrainingArguments, spg_config
 from spg_hf.trainer import check_spg_support
 from spg_hf.trainer._compat import loss_divides_by_item_count
 
-DECODER = dict(
-    vocab_size=99,
-    hidden_size=HIDDEN,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    pad_token_id=0,
-)
-# ModernBERT's default special-token ids lie outside a 99-token vocabulary.
-MODERN_BERT = dict(
-    vocab_size=99,
-    hidden_size=HIDDEN,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-    cls_token_id=1,
-    sep_token_id=2,
-)
-BERT = dict(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 # Dropout 0 everywhere, so runs that split the same examples differently compute the same function.
 MODELS = {
-    "BertForSequenceClassification": (transformers.BertConfig, dict(BERT, **no_dropout())),
+    "BertForSequenceClassification": (transformers.BertConfig, dict(TEXT, **no_dropout())),
     "LlamaForSequenceClassification": (transformers.LlamaConfig, DECODER),
     "LlamaForCausalLM": (transformers.LlamaConfig, DECODER),
-    "BertForMaskedLM": (transformers.BertConfig, dict(BERT, **no_dropout())),
-    "ModernBertForMaskedLM": (transformers.ModernBertConfig, MODERN_BERT),
+    "BertForMaskedLM": (transformers.BertConfig, dict(TEXT, **no_dropout())),
+    "ModernBertForMaskedLM": (transformers.ModernBertConfig, MODERNBERT),
 }
 # Their forward takes **kwargs but drops num_items_in_batch (BERT computes its own loss; the decoder classifier calls
 # loss_function without its kwargs); stock Trainer still counts their loss as scaled for accumulation and multiplies
