@@ -97,6 +97,12 @@ def _is_datasets_dataset(dataset: Any) -> bool:
     return isinstance(dataset, datasets.Dataset)
 
 
+def zero3_partitioned(model: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned the model's weights (each then carries its `ds_id`); a model built
+    normally stays whole until Trainer hands it to DeepSpeed's engine. Can go if DeepSpeed exposes this."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
 def loss_shifts_labels(trainer: Any) -> bool:
     """Whether Trainer counts a batch's items after shifting its labels (causal LMs)."""
     return bool(trainer._loss_shifts_labels)

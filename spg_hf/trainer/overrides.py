@@ -23,6 +23,7 @@ from spg_hf.trainer._compat import (
     first_training_example,
     loss_divides_by_item_count,
     loss_shifts_labels,
+    zero3_partitioned,
 )
 from spg_hf.trainer.chain_run import SPGChainRun, chain_seed
 from spg_hf.trainer.checkpoints import (
@@ -116,13 +117,14 @@ class SPGTrainerMixin(TrainerInternals):
     def _head_family(self) -> HeadFamily | None:
         """The model's head family (`check_spg_support`), checked on the first training example against the model's
         logits and the loss this trainer computes, once per model and head setting. Without a training set it is
-        checked when training starts, and under DeepSpeed not at all: ZeRO-3 weights are partitioned until DeepSpeed
-        wraps the model. None: a head named with spg_head, which is read from that example, while there is none."""
+        checked when training starts, and not at all on weights DeepSpeed ZeRO-3 has already partitioned (a model
+        loaded under its config), which cannot run outside DeepSpeed's engine. None: a head named with spg_head, which
+        is read from that example, while there is none."""
         args = self.args
         key = (self.model, args.spg_head, args.spg_auxiliary_head, args.spg_auxiliary_weight, args.spg_attach)
         if self._resolved_head is not None and self._resolved_head[0] == key:
             return self._resolved_head[1]
-        example = self.train_dataset is not None and not self.is_deepspeed_enabled
+        example = self.train_dataset is not None and not zero3_partitioned(self.model)
         family = check_spg_support(
             self.model,
             self.args,
