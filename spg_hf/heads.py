@@ -15,6 +15,7 @@ family, Qwen2 and Mistral Llama's. A family says
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
@@ -53,6 +54,7 @@ TOKEN_LEVEL_TASKS = ("token_classification", "masked_lm", "causal_lm", "seq2seq_
 # Positions a head reads from the captured state [batch, length, width] (or [batch, width, ...] for "vector").
 READS_FIRST = "first token"
 READS_LAST = "last non-padding token"
+READS_FINAL = "final position"  # the sequence's last position, padding or not (XLNet's summary)
 READS_VECTOR = "pooled vector"
 READS_ALL = "all positions"
 READS_LABELLED = "labelled positions"
@@ -68,7 +70,9 @@ class HeadFamily:
     # (model, state reduced to the positions read, model inputs) -> logits or (start, end) logits. Token-level heads
     # are position-wise: they map states of any leading shape ([positions, width] in training) to logits.
     head: HeadFn
-    reads: str  # one of READS_*
+    # One of READS_*, or where the model's config picks the pooling (XLNet's summary_type, EuroBERT's
+    # classifier_pooling) a function of the model that gives it (`head_family_for` resolves it).
+    reads: str | Callable[[PreTrainedModel], str]
     # Where the head's input is captured: the forward input of a module (its dotted path in the model, or a function
     # that finds it), or with None the first output of model.base_model.
     capture: str | Callable[[nn.Module], nn.Module] | None = None
@@ -88,7 +92,7 @@ class HeadFamily:
 
     def pooled_form(self) -> HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""
-        return replace(self, capture="classifier", reads=READS_VECTOR, head=_classifier_head)
+        return replace(self, capture=pooled_classifier, reads=READS_VECTOR, head=_pooled_classifier_head)
 
     def objective_names(self, model: nn.Module) -> tuple[str, ...]:
         """The objectives (`spg_hf.objectives.OBJECTIVES`) this family's predictions may be scored by, the one its
@@ -137,6 +141,8 @@ class HeadFamily:
         if self.reads == READS_LAST:
             rows = torch.arange(state.shape[0], device=state.device)
             return state[rows, last_non_padding_position(model, inputs, state.device)].unsqueeze(1)
+        if self.reads == READS_FINAL:
+            return state[:, -1:]
         if self.reads == READS_VECTOR:
             return state.flatten(1)
         if self.reads == READS_FEATURE_MAP:
@@ -242,25 +248,72 @@ def _pre_classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: di
     return model.classifier(model.dropout(torch.relu(model.pre_classifier(state[:, 0]))))
 
 
+def _masked_mean(values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    """The mean over the positions the attention mask keeps (all of them without a mask), as encoders pool."""
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        return values.mean(dim=1)
+    attention_mask = attention_mask.to(values.device).unsqueeze(-1)
+    return (values * attention_mask).sum(dim=1) / attention_mask.sum(dim=1)
+
+
 def _prediction_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    if model.config.classifier_pooling == "cls":
-        pooled = state[:, 0]
-    else:
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones(state.shape[:2], device=state.device, dtype=torch.bool)
-        pooled = (state * attention_mask.unsqueeze(-1)).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)
+    pooled = state[:, 0] if model.config.classifier_pooling == "cls" else _masked_mean(state, inputs)
     return model.classifier(model.drop(model.head(pooled)))
+
+
+def _last_token_prediction_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return model.classifier(model.drop(model.head(state)))[:, 0]
+
+
+def _dense_classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    """EuroBERT's head: `dense`, `activation`, `classifier` on the first token ("bos"), on the masked mean of the
+    tokens ("mean"), or on every token with the logits averaged ("late")."""
+    pooling = model.config.classifier_pooling
+    if pooling == "late":
+        return _masked_mean(model.classifier(model.activation(model.dense(state))), inputs)
+    pooled = state[:, 0] if pooling == "bos" else _masked_mean(state, inputs)
+    return model.classifier(model.activation(model.dense(pooled)))
+
+
+def _dense_classifier_reads(model: PreTrainedModel) -> str:
+    return READS_FIRST if model.config.classifier_pooling == "bos" else READS_ALL
+
+
+def _summary_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    """The model's `sequence_summary`, then `logits_proj` where the summary does not project to the labels
+    itself (XLNet; XLM and Flaubert project inside the summary)."""
+    summary = model.sequence_summary(state)
+    projection = _module(model, "logits_proj")
+    return summary if projection is None else projection(summary)
+
+
+def _summary_reads(model: PreTrainedModel) -> str:
+    """The positions the summary reads, by its `summary_type`: the first or the final position, or every position
+    (the mean, or a `cls_index` the forward may pass)."""
+    return {"first": READS_FIRST, "last": READS_FINAL}.get(model.sequence_summary.summary_type, READS_ALL)
+
+
+def _choice_summary_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return _summary_head(model, state, inputs).view(-1, _choices(inputs))
 
 
 def _classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
     return model.classifier(state)
 
 
+def _choices(inputs: dict[str, Any]) -> int:
+    """How many choices each example has: multiple-choice models score one (example, choice) row at a time and
+    regroup the scores into [batch, choices]."""
+    return next(inputs[name] for name in ("input_ids", "inputs_embeds") if inputs.get(name) is not None).shape[1]
+
+
 def _choice_scores_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    # One score per (example, choice) row, regrouped into [batch, choices] as the model's forward does.
-    choices = next(inputs[name] for name in ("input_ids", "inputs_embeds") if inputs.get(name) is not None)
-    return model.classifier(state).view(-1, choices.shape[1])
+    return model.classifier(state).view(-1, _choices(inputs))
+
+
+def _pooled_classifier_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return pooled_classifier(model)(state)
 
 
 def _classification_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -280,20 +333,48 @@ def _score_per_token_head(model: PreTrainedModel, state: torch.Tensor, inputs: d
 
 
 def _lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    """The head module, then what the model's forward adds to its logits: BART's and Marian's
-    `final_logits_bias`, Cohere's `logit_scale`, Gemma 2's and Gemma 3's `final_logit_softcapping` (`verify_head`
-    checks that the forward does exactly this)."""
+    """The head module, then what the model's forward does to its output: BART's and Marian's `final_logits_bias`,
+    the config scales it multiplies or divides the logits by (`logit_scale_ops`: Cohere's `logit_scale`, Granite's
+    `logits_scaling`, Falcon-H1's `lm_head_multiplier`), Gemma 2's and Gemma 3's `final_logit_softcapping`
+    (`verify_head` checks that the forward does exactly this)."""
     logits = lm_head_module(model)(state)
     final_logits_bias = getattr(model, "final_logits_bias", None)
     if isinstance(final_logits_bias, torch.Tensor):
         logits = logits + final_logits_bias
     config = model.config.get_text_config()
-    if getattr(config, "logit_scale", None) is not None:
-        logits = logits * config.logit_scale
+    for operator, name in logit_scale_ops(type(model)):
+        scale = getattr(config, name)
+        logits = logits * scale if operator == "*" else logits / scale
     softcap = getattr(config, "final_logit_softcapping", None)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def _decoder_output_projection_head(
+    model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]
+) -> torch.Tensor:
+    return decoder_output_projection(model)(state)
+
+
+# `logits = logits * self.config.logit_scale`, `logits = self.lm_head(hidden_states) / self.logits_scaling`, ...: a
+# config scale applied to the LM head's output. The same name may be applied before the head (MiniCPM3 divides the
+# hidden states by `logits_scaling`) or multiply where another model divides, so the forward says which.
+LOGIT_SCALE_STATEMENT = re.compile(
+    r"logits\s*=\s*(?:logits|self\.lm_head\(\w+\))\s*([*/])\s*"
+    r"self\.(?:config\.(?:text_config\.)?|model\.)?(logit_scale|logits_scaling|lm_head_multiplier|output_multiplier)\b"
+)
+
+
+@cache
+def logit_scale_ops(model_class: type) -> tuple[tuple[str, str], ...]:
+    """The config scales the class's forward multiplies ("*") or divides ("/") its LM head's output by, in order,
+    read from its source; none where the source cannot be read."""
+    try:
+        source = inspect.getsource(inspect.unwrap(model_class.forward))
+    except (OSError, TypeError):
+        return ()
+    return tuple((match.group(1), match.group(2)) for match in LOGIT_SCALE_STATEMENT.finditer(source))
 
 
 def _frame_lm_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -305,7 +386,41 @@ def _vocab_projector_head(model: PreTrainedModel, state: torch.Tensor, inputs: d
 
 
 def _score_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-    return model.score(state)[:, 0]
+    # `token_scorer` matched the family before training, when SPG's chain was no module of the model yet.
+    scorer = model.score if _module(model, "score") is not None else model.classifier
+    return scorer(state)[:, 0]
+
+
+def _final_layer_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return classification_final_layer(model)(state)[:, 0]
+
+
+def _distilled_pair_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    return (model.head(state) + model.dist_head(state)) / 2
+
+
+def _question_aware_span_head(
+    model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splinter's head: start and end scores of every token against the question token's (the `question_positions`
+    input, or the first `question_token_id` of the input ids), padding masked out, as its forward computes them."""
+    positions = inputs.get("question_positions")
+    one_question = positions is None
+    if one_question:
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            positions = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
+        else:
+            positions = input_ids.eq(model.question_token_id).int().argmax(dim=-1)
+        positions = positions.unsqueeze(-1)
+    start_logits, end_logits = model.splinter_qass(state, positions)
+    if one_question:
+        start_logits, end_logits = start_logits.squeeze(1), end_logits.squeeze(1)
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is not None:
+        start_logits = start_logits + (1 - attention_mask) * torch.finfo(start_logits.dtype).min
+        end_logits = end_logits + (1 - attention_mask) * torch.finfo(end_logits.dtype).min
+    return start_logits, end_logits
 
 
 def _frame_pooling_head(model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -344,15 +459,66 @@ def _has_linear(model: nn.Module, name: str) -> bool:
 
 def lm_head_module(model: nn.Module) -> nn.Module | None:
     """The task model's own child that holds the output embeddings (BERT's `cls`, RoBERTa's and Llama's `lm_head`):
-    the head transform where the model has one, then the decoder. None when the output embeddings are missing or
-    inside the base model."""
+    the head transform where the model has one, then the decoder; the output embeddings alone where that child holds
+    no other weights (XLM's and Flaubert's `pred_layer`, whose forward returns a tuple with its own loss). Where the
+    child is a model of its own (EncoderDecoderModel's decoder, a speech LM's language model), that model's head.
+    None when the output embeddings are missing or inside the base model."""
     output_embeddings = model.get_output_embeddings()
     if output_embeddings is None:
         return None
     for child in model.children():
         if child is not model.base_model and any(module is output_embeddings for module in child.modules()):
+            if isinstance(child, PreTrainedModel):
+                return lm_head_module(child)
+            own_weights = {id(parameter) for parameter in output_embeddings.parameters()}
+            if all(id(parameter) in own_weights for parameter in child.parameters()):
+                return output_embeddings
             return child
     return None
+
+
+def token_scorer(model: nn.Module) -> nn.Module | None:
+    """The linear layer a decoder classifier applies to every token before it pools the last non-padding one: its
+    `score`, or a linear `classifier` that is the task model's only module besides its base model (CTRL's)."""
+    if _has_linear(model, "score"):
+        return model.score
+    head_modules = [child for child in model.children() if child is not model.base_model]
+    if _has_linear(model, "classifier") and head_modules == [model.classifier]:
+        return model.classifier
+    return None
+
+
+def classification_final_layer(model: nn.Module) -> nn.Module | None:
+    """The linear `final_layer` of a classification decoder that turns its query's output into the logits
+    (Perceiver's decoders: the logits are its output at the one query)."""
+    layers = [
+        module
+        for name, module in model.named_modules()
+        if name.split(".")[-1] == "final_layer" and isinstance(_unwrapped(module), nn.Linear)
+    ]
+    return layers[-1] if len(layers) == 1 and _unwrapped(layers[-1]).out_features == model.config.num_labels else None
+
+
+def pooled_classifier(model: nn.Module) -> nn.Module | None:
+    """The module that turns the vector an image or audio model pools into its logits: its `classifier`, or a linear
+    `fc` where `classifier` is a list of the pooling layers (HGNetV2's)."""
+    classifier = _module(model, "classifier")
+    if classifier is not None and not isinstance(classifier, nn.ModuleList):
+        return classifier
+    return model.fc if _has_linear(model, "fc") else None
+
+
+def decoder_output_projection(model: nn.Module) -> nn.Module | None:
+    """The linear projection to the vocabulary that ends the base model's decoder, where the task model has no LM
+    head of its own (FSMT's `output_projection`)."""
+    decoder = _module(model.base_model, "decoder")
+    return decoder.output_projection if decoder is not None and _has_linear(decoder, "output_projection") else None
+
+
+def base_pooler(model: nn.Module) -> nn.Module:
+    """The base model's pooler: its input is the state the pooler reads, whichever of the base model's states that
+    is (CANINE pools the downsampled sequence, not its final output)."""
+    return model.base_model.pooler
 
 
 def _has_span_layer(model: nn.Module, name: str) -> bool:
@@ -367,13 +533,24 @@ def _classifies_pooled(model: nn.Module) -> bool:
     return _reads_text(model) and _has_linear(model, "classifier") and _module(model, "dropout") is not None
 
 
-def _uses_prediction_head(model: nn.Module, pooling: str) -> bool:
+def _uses_prediction_head(model: nn.Module, pooling: str | None) -> bool:
+    """A prediction head (`head`, `drop`, `classifier`) pooled as the config's `classifier_pooling` says; None: a
+    config without one (a decoder's, read at the last non-padding token)."""
     return (
         _reads_text(model)
         and _module(model, "head") is not None
+        and _module(model, "drop") is not None
         and _has_linear(model, "classifier")
         and getattr(model.config, "classifier_pooling", None) == pooling
     )
+
+
+def _final_linear_outputs(model: nn.Module, name: str) -> int | None:
+    """The output width of the last linear layer in the model's module `name` (the module itself, if linear);
+    None without one."""
+    module = _module(model, name)
+    linears = [] if module is None else [m for m in module.modules() if isinstance(_unwrapped(m), nn.Linear)]
+    return _unwrapped(linears[-1]).out_features if linears else None
 
 
 # Where segmentation models keep their main head (Segformer, UperNet, BEiT: decode_head; MobileViT:
@@ -434,6 +611,16 @@ FAMILIES: tuple[HeadFamily, ...] = (
         _span_head("qa_outputs"),
         READS_ALL,
         capture="qa_outputs",
+    ),
+    HeadFamily(
+        "question_aware_span",
+        "question_answering",
+        "`splinter_qass`: every token's start and end scores against the question token's (its `question_positions`,"
+        " or its first `question_token_id`), padding masked out as the model does",
+        lambda m: _module(m, "splinter_qass") is not None and hasattr(m, "question_token_id"),
+        _question_aware_span_head,
+        READS_ALL,
+        capture="splinter_qass",
     ),
     HeadFamily(
         "span_classifier",
@@ -509,29 +696,93 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "choice_classifier",
         "multiple_choice",
-        "a one-output linear `classifier` on each choice's pooled vector, scores regrouped into [batch, choices]",
-        lambda m: _has_linear(m, "classifier") and _unwrapped(m.classifier).out_features == 1,
+        "a `classifier` ending in one output (a linear layer, or Funnel's two) on each choice's pooled vector, scores "
+        "regrouped into [batch, choices]",
+        lambda m: _final_linear_outputs(m, "classifier") == 1,
         _choice_scores_head,
         READS_FIRST,
         capture="classifier",
     ),
     HeadFamily(
+        "choice_summary",
+        "multiple_choice",
+        "the model's `sequence_summary` on each choice (first, final or every position, as its `summary_type` says) "
+        "and `logits_proj` to one score, regrouped into [batch, choices]",
+        lambda m: _module(m, "sequence_summary") is not None and _final_linear_outputs(m, "logits_proj") == 1,
+        _choice_summary_head,
+        _summary_reads,
+        capture="sequence_summary",
+    ),
+    HeadFamily(
         "image_pooled",
         "sequence_classification",
-        "`classifier` on the vector the model pools (first token or mean over patches/positions)",
-        lambda m: m.main_input_name == "pixel_values" and _module(m, "classifier") is not None,
-        _classifier_head,
+        "`classifier` (or a linear `fc` where `classifier` only pools) on the vector an image or audio model pools "
+        "(first token, mean over patches, positions or frames)",
+        lambda m: not _reads_text(m) and pooled_classifier(m) is not None,
+        _pooled_classifier_head,
         READS_VECTOR,
-        capture="classifier",
+        capture=pooled_classifier,
         offers_pooled=True,
+    ),
+    HeadFamily(
+        "distilled_pair",
+        "sequence_classification",
+        "the mean of a linear `head` and a linear distillation `dist_head` on the vector the model pools",
+        lambda m: _has_linear(m, "head") and _has_linear(m, "dist_head"),
+        _distilled_pair_head,
+        READS_VECTOR,
+        capture="head",
     ),
     HeadFamily(
         "last_token_score",
         "sequence_classification",
-        "`score` at the last non-padding token (decoder classifiers, left or right padding)",
-        lambda m: _reads_text(m) and _has_linear(m, "score"),
+        "`score` (or a `classifier` that is the only head module, CTRL's) on every token, read at the last "
+        "non-padding token (decoder classifiers, left or right padding)",
+        lambda m: _reads_text(m) and token_scorer(m) is not None,
         _score_head,
         READS_LAST,
+    ),
+    HeadFamily(
+        "prediction_head_last",
+        "sequence_classification",
+        "`head`, `drop`, `classifier` on every token, read at the last non-padding token (decoder prediction heads)",
+        lambda m: _uses_prediction_head(m, None),
+        _last_token_prediction_head,
+        READS_LAST,
+    ),
+    HeadFamily(
+        "dense_classifier",
+        "sequence_classification",
+        "`dense`, `activation`, `classifier` on the first token, on the masked mean of the tokens, or on every "
+        "token with the logits averaged, as `classifier_pooling` says ('bos', 'mean', 'late')",
+        lambda m: (
+            _reads_text(m)
+            and _has_linear(m, "dense")
+            and _module(m, "activation") is not None
+            and _has_linear(m, "classifier")
+            and getattr(m.config, "classifier_pooling", None) in ("bos", "mean", "late")
+        ),
+        _dense_classifier_head,
+        _dense_classifier_reads,
+    ),
+    HeadFamily(
+        "sequence_summary",
+        "sequence_classification",
+        "the model's `sequence_summary` (first, final or every position, as its `summary_type` says; projection, "
+        "activation), then `logits_proj` where the summary does not project to the labels itself",
+        lambda m: _module(m, "sequence_summary") is not None,
+        _summary_head,
+        _summary_reads,
+        capture="sequence_summary",
+    ),
+    HeadFamily(
+        "decoder_final_layer",
+        "sequence_classification",
+        "a classification decoder's linear `final_layer` on its one query's output (Perceiver)",
+        lambda m: classification_final_layer(m) is not None,
+        _final_layer_head,
+        READS_FIRST,
+        capture=classification_final_layer,
     ),
     HeadFamily(
         "prediction_head_first",
@@ -572,7 +823,8 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "base_pooler",
         "sequence_classification",
-        "the base model's first-token pooler module, `dropout`, `classifier`",
+        "the base model's first-token pooler module, `dropout`, `classifier` (chain on the first token of the state "
+        "the pooler reads)",
         lambda m: (
             _module(m.base_model, "pooler") is not None
             and not _has_linear(m.base_model, "pooler")
@@ -580,6 +832,7 @@ FAMILIES: tuple[HeadFamily, ...] = (
         ),
         _base_pooler_head,
         READS_FIRST,
+        capture=base_pooler,
         offers_pooled=True,
     ),
     HeadFamily(
@@ -617,8 +870,8 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "token_score",
         "token_classification",
-        "a linear `score` on every token state (decoder token classifiers)",
-        lambda m: _has_linear(m, "score"),
+        "a `score` ending in a linear layer on every token state (decoder token classifiers)",
+        lambda m: _final_linear_outputs(m, "score") is not None,
         _score_per_token_head,
         READS_LABELLED,
         capture="score",
@@ -644,8 +897,9 @@ FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         "causal_lm_head",
         "causal_lm",
-        "the child module holding the output embeddings (`lm_head`), then the config's `logit_scale` or "
-        "`final_logit_softcapping`; labels as the model's loss reads them (shifted by one; unshifted for XLNet)",
+        "the child module holding the output embeddings (`lm_head`; the output embeddings alone where it holds "
+        "nothing else), then the config scales the forward applies to its output and `final_logit_softcapping`; "
+        "labels as the model's loss reads them (shifted by one; unshifted for XLNet, XLM, Flaubert)",
         lambda m: lm_head_module(m) is not None,
         _lm_head,
         READS_LABELLED,
@@ -661,45 +915,85 @@ FAMILIES: tuple[HeadFamily, ...] = (
         READS_LABELLED,
         capture=lm_head_module,
     ),
+    HeadFamily(
+        "decoder_output_projection",
+        "seq2seq_lm",
+        "the linear `output_projection` that ends the base model's decoder (FSMT: its output embeddings are the "
+        "decoder's input embeddings, tied to it); labels as the model's loss reads them (unshifted)",
+        lambda m: decoder_output_projection(m) is not None,
+        _decoder_output_projection_head,
+        READS_LABELLED,
+        capture=decoder_output_projection,
+    ),
 )
 
 
 def task_of(model: nn.Module) -> str | None:
-    """The SPG task of a model from its task class, or None for a class of no supported task. A causal LM whose
-    class name says no task (`BertGenerationDecoder`) is one because transformers' AutoModelForCausalLM maps to it."""
+    """The SPG task of a model from its task class, or None for a class of no supported task: the suffix of its
+    class name (along the class hierarchy); else its forward (an encoder-decoder model whose forward takes
+    `decoder_input_ids` and that has an LM head is a sequence-to-sequence LM, whatever its name: MarianMTModel); else
+    the transformers task mapping that lists it (`BertGenerationDecoder`, `...ForQuestionAnsweringSimple`,
+    `SeamlessM4TForTextToText`). A decoder-only model of the sequence-to-sequence mapping (a speech LM) is a causal
+    LM, as its loss reads it."""
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
     for cls in type(model).__mro__:
         for suffix, task in TASK_SUFFIXES.items():
             if cls.__name__.endswith(suffix):
-                if task == "seq2seq_lm" and not getattr(model.config, "is_encoder_decoder", False):
+                if task == "seq2seq_lm" and not encoder_decoder:
                     break  # a decoder-only ...ForConditionalGeneration (vision-language): a causal LM, if any
                 return task
-    if type(model).__name__ in _causal_lm_class_names():
-        return "causal_lm"
-    return None
+    forward_inputs = inspect.signature(model.forward).parameters
+    if encoder_decoder and "decoder_input_ids" in forward_inputs and lm_head_module(model) is not None:
+        return "seq2seq_lm"
+    task = _mapped_tasks().get(type(model).__name__)
+    return "causal_lm" if task == "seq2seq_lm" and not encoder_decoder else task
+
+
+# transformers' task mappings, for the classes whose name does not say their task; a class listed in several takes
+# the first.
+MAPPED_TASKS = {
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES": "causal_lm",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES": "seq2seq_lm",
+    "MODEL_FOR_MASKED_LM_MAPPING_NAMES": "masked_lm",
+    "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES": "question_answering",
+    "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES": "multiple_choice",
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "token_classification",
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "sequence_classification",
+    "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES": "sequence_classification",
+    "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES": "sequence_classification",
+    "MODEL_FOR_CTC_MAPPING_NAMES": "ctc",
+    "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES": "semantic_segmentation",
+}
 
 
 @cache
-def _causal_lm_class_names() -> frozenset[str]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def _mapped_tasks() -> dict[str, str]:
+    from transformers.models.auto import modeling_auto
 
-    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    tasks: dict[str, str] = {}
+    for mapping, task in MAPPED_TASKS.items():
+        for names in getattr(modeling_auto, mapping).values():
+            for name in names if isinstance(names, tuple) else (names,):
+                tasks.setdefault(name, task)
+    return tasks
 
 
 def head_family_for(model: nn.Module) -> HeadFamily:
-    """The first family whose rule matches the model's task and head modules; a ValueError saying what is missing
-    otherwise."""
+    """The first family whose rule matches the model's task and head modules, with the positions it reads resolved
+    from the model's config where they depend on it; a ValueError saying what is missing otherwise."""
     name = type(model).__name__
     task = task_of(model)
     if task is None:
         raise ValueError(
             f"SPG does not support {name}: it is not a task class SPG knows (class names ending in "
-            f"{', '.join(TASK_SUFFIXES)}). Name its head with spg_head='<path of the module whose output is the "
+            f"{', '.join(TASK_SUFFIXES)}, or listed in transformers' task mappings of those tasks). Name its head "
+            "with spg_head='<path of the module whose output is the "
             "prediction>' (e.g. 'fc', 'classifier', 'heads.head'), or set spg_enabled=False to train it as with "
             "Trainer."
         )
     for family in FAMILIES:
         if family.task == task and family.matches(model):
-            return family
+            return replace(family, reads=family.reads(model)) if callable(family.reads) else family
     rules = "; ".join(f"{family.name}: {family.rule}" for family in FAMILIES if family.task == task)
     raise ValueError(
         f"SPG does not support {name}: its head matches none of the {task.replace('_', ' ')} head families ({rules})."

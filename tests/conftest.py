@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
+from generic_tiny import generic_tiny_settings
 
 HIDDEN = 32
 TEXT = dict(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -153,6 +154,26 @@ TINY_CONFIGS = {
         transformers.SwinConfig,
         dict(image_size=IMAGE_SIZE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
     ),
+    # The families and rules the task sweep (tests/test_task_sweep.py) added, each on its generic tiny config.
+    **{
+        name: generic_tiny_settings(model_type)
+        for name, model_type in {
+            "XLNetForSequenceClassification": "xlnet",
+            "XLNetForMultipleChoice": "xlnet",
+            "FunnelForMultipleChoice": "funnel",
+            "CanineForSequenceClassification": "canine",
+            "CTRLForSequenceClassification": "ctrl",
+            "ModernBertDecoderForSequenceClassification": "modernbert-decoder",
+            "EuroBertForSequenceClassification": "eurobert",
+            "PerceiverForSequenceClassification": "perceiver",
+            "SwiftFormerForImageClassification": "swiftformer",
+            "HGNetV2ForImageClassification": "hgnet_v2",
+            "SplinterForQuestionAnswering": "splinter",
+            "XLMWithLMHeadModel": "xlm",
+            "MarianMTModel": "marian",
+            "FSMTForConditionalGeneration": "fsmt",
+        }.items()
+    },
 }
 
 

@@ -30,6 +30,7 @@ from conftest import (
     tiny_model,
     token_dataset,
 )
+from generic_tiny import generic_tiny_model
 from transformers import Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -62,7 +63,7 @@ def readme_families() -> dict[str, list[str]]:
     families = {}
     for row in table:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        families[cells[0].strip("`")] = re.findall(r"\w+(?:For\w+|LMHeadModel)", cells[-1])
+        families[cells[0].strip("`")] = re.findall(r"\w+(?:For\w+|LMHeadModel|MTModel)", cells[-1])
     return families
 
 
@@ -90,7 +91,7 @@ def model_inputs(model: transformers.PreTrainedModel) -> dict:
     attention_mask = torch.ones(3, 10, dtype=torch.long)
     attention_mask[2, 7:] = 0
     attention_mask[1, :2] = 0
-    pad = model.config.get_text_config().pad_token_id or 0
+    pad = getattr(model.config.get_text_config(), "pad_token_id", None) or 0
     return {"input_ids": input_ids.masked_fill(attention_mask == 0, pad), "attention_mask": attention_mask}
 
 
@@ -113,6 +114,8 @@ def train_dataset(model: transformers.PreTrainedModel):
 def auto_class(model: transformers.PreTrainedModel):
     if model.main_input_name == "input_values" and task_of(model) != "ctc":
         return AUDIO_AUTO_CLASS
+    if task_of(model) == "seq2seq_lm":  # MarianMTModel's name has no task suffix
+        return transformers.AutoModelForSeq2SeqLM
     return next(auto for suffix, auto in AUTO_CLASSES.items() if type(model).__name__.endswith(suffix))
 
 
@@ -204,7 +207,8 @@ def test_pooled_form_feeds_the_classifier(class_name):
 @pytest.mark.parametrize(
     "model",
     [
-        transformers.XLNetForSequenceClassification(transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2)),
+        # Pools its decoder's states at the last non-padding token of decoder inputs it derives itself.
+        generic_tiny_model("t5gemma2", "T5Gemma2ForSequenceClassification"),
         transformers.BertForPreTraining(transformers.BertConfig(**TINY_CONFIGS["BertForQuestionAnswering"][1])),
     ],
     ids=["head-of-no-family", "task-of-no-family"],

@@ -11,6 +11,7 @@ import transformers
 from conftest import (
     SHORT_RUN,
     T5,
+    TINY_CONFIGS,
     TRAINS_AS_TRAINER,
     assert_trained_alike,
     losses,
@@ -136,13 +137,14 @@ BART = dict(
 SEQ2SEQ = {
     "T5ForConditionalGeneration": (transformers.T5Config, dict(T5, decoder_start_token_id=0, eos_token_id=1)),
     "BartForConditionalGeneration": (transformers.BartConfig, BART),
+    "MarianMTModel": TINY_CONFIGS["MarianMTModel"],  # a seq2seq LM whose name says no task
 }
 
 
 def seq2seq_model(class_name: str) -> transformers.PreTrainedModel:
     config_class, settings = SEQ2SEQ[class_name]
     torch.manual_seed(0)
-    return getattr(transformers, class_name)(config_class(**settings, dropout_rate=0.0, dropout=0.0))
+    return getattr(transformers, class_name)(config_class(**{**settings, "dropout_rate": 0.0, "dropout": 0.0}))
 
 
 def seq2seq_dataset(size: int = 16) -> Dataset:
