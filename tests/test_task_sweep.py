@@ -338,13 +338,6 @@ def test_head_shaping_options_at_non_default_values_train(task, model_type, clas
         assert sweep_class(task, model_type, class_name, **settings) == Outcome("trained")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="spg_hf/trainer/overrides.py SPGTrainerMixin._warn_if_survivors_share_one_label names the label with "
-    "config.id2label.get(label, label), and a config may hold id2label=None (PvtConfig's defaults, num_labels 1000): "
-    "the warning raises AttributeError in training. Fix: (config.id2label or {}).get(label, label)",
-)
 def test_one_label_warning_on_a_config_without_label_names(tmp_path):
     model = generic_tiny_model("pvt", "PvtForImageClassification")
     assert model.config.id2label is None

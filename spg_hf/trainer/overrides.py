@@ -320,7 +320,8 @@ class SPGTrainerMixin(TrainerInternals):
         ):
             self._warned_one_label = True
             config = getattr(self.model, "config", None)
-            name = config.id2label.get(label, label) if config is not None else label
+            # A config may hold no label names (id2label None: PvtConfig's defaults).
+            name = (getattr(config, "id2label", None) or {}).get(label, label)
             logger.warning(
                 f"SPG: at step {self.state.global_step} of {self.state.max_steps}, {top_share:.1%} of the examples "
                 f"reaching module 1 have the label {name!r}: the model predicts one class, and the module terms add "
