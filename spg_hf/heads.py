@@ -3,7 +3,8 @@
 SPG sends the temporary chain's states through the model's own head (shared, not copied). Models that build their
 head the same way form a family, so a new model of a known family needs no code: XLM-R and CamemBERT are RoBERTa's
 family, Qwen2 and Mistral Llama's. A family says
-- the task, from the task class (`...ForSequenceClassification`, `...ForQuestionAnswering`, ...);
+- the task, from the task class (`...ForSequenceClassification`, `...ForQuestionAnswering`, ...; where the name
+  says none, its forward or the transformers task mapping that lists it: `task_of`);
 - when it applies, from the head's modules (a pooler in the base model, a `score` layer, `qa_outputs`, ...);
 - where the head's input is captured: the base model's first output, or the input of one head module;
 - which positions the head reads: the first token, the last non-padding token, a pooled vector, all positions, or
