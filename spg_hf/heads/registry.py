@@ -1,0 +1,480 @@
+"""The registry of head families (`FAMILIES`), grouped by task."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from spg_hf.heads.family import (
+    READS_ALL,
+    READS_FEATURE_MAP,
+    READS_FIRST,
+    READS_LABELLED,
+    READS_LAST,
+    READS_VECTOR,
+    HeadFamily,
+)
+from spg_hf.heads.functions import (
+    base_linear_pooler_head,
+    base_pooler_head,
+    choice_scores_head,
+    choice_summary_head,
+    classifier_head,
+    decoder_output_projection_head,
+    dense_classifier_head,
+    dense_classifier_reads,
+    distilled_pair_head,
+    eos_classification_head,
+    final_layer_head,
+    frame_lm_head,
+    frame_pooling_head,
+    last_token_prediction_head,
+    last_token_score_head,
+    output_embeddings_head,
+    own_pooler_head,
+    pooled_classifier_head,
+    pre_classifier_head,
+    prediction_head,
+    question_aware_span_head,
+    question_masked_span_head,
+    span_head,
+    summary_head,
+    summary_reads,
+    timm_classifier,
+    timm_classifier_head,
+    token_score_head,
+    vocab_projector_head,
+)
+from spg_hf.heads.modules import (
+    base_pooler,
+    child_module,
+    classification_final_layer,
+    classifies_pooled,
+    decoder_output_projection,
+    final_linear_outputs,
+    has_linear,
+    has_span_layer,
+    lm_head_module,
+    pooled_classifier,
+    reads_text,
+    segmentation_auxiliary,
+    segmentation_classifier,
+    segmentation_head,
+    token_scorer,
+    uses_prediction_head,
+)
+
+# Families by task. Within a task the first family whose `matches` holds is the model's: a more specific head is
+# listed before a more general one that would also match it. Tasks never share a family.
+QUESTION_ANSWERING_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="span",
+        task="question_answering",
+        rule="`qa_outputs` on every token state, split into start and end logits",
+        matches=lambda m: has_span_layer(m, "qa_outputs"),
+        head=span_head("qa_outputs"),
+        reads=READS_ALL,
+        capture="qa_outputs",
+    ),
+    HeadFamily(
+        name="question_aware_span",
+        task="question_answering",
+        rule=(
+            "`splinter_qass`: every token's start and end scores against the question token's (its "
+            "`question_positions`, or its first `question_token_id`), padding masked out as the model does"
+        ),
+        matches=lambda m: child_module(m, "splinter_qass") is not None and hasattr(m, "question_token_id"),
+        head=question_aware_span_head,
+        reads=READS_ALL,
+        capture="splinter_qass",
+    ),
+    HeadFamily(
+        name="span_classifier",
+        task="question_answering",
+        rule=(
+            "a 2-output `classifier` on every token state (after the model's own transform), split into start and end"
+        ),
+        matches=lambda m: has_span_layer(m, "classifier"),
+        head=span_head("classifier"),
+        reads=READS_ALL,
+        capture="classifier",
+    ),
+    HeadFamily(
+        name="question_masked_span",
+        task="question_answering",
+        rule=(
+            "`qa_classifier` (transform and 2-output `qa_outputs`) on every token state, question tokens masked "
+            "out as the model does, split into start and end logits"
+        ),
+        matches=lambda m: child_module(m, "qa_classifier") is not None and hasattr(m, "prepare_question_mask"),
+        head=question_masked_span_head,
+        reads=READS_ALL,
+        capture="qa_classifier",
+    ),
+)
+
+
+SEMANTIC_SEGMENTATION_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="segmentation_classifier",
+        task="semantic_segmentation",
+        rule=(
+            "the main head's last class convolution (`decode_head`, `segmentation_head` or `head`) on every "
+            "feature-map position; logits upsampled to the labels as the model's loss does, every labelled pixel "
+            "a trajectory"
+        ),
+        matches=lambda m: segmentation_classifier(m) is not None and m.config.num_labels > 1,
+        head=segmentation_head,
+        reads=READS_FEATURE_MAP,
+        capture=segmentation_classifier,
+        auxiliary=segmentation_auxiliary,
+    ),
+)
+
+
+SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="frame_pooling",
+        task="sequence_classification",
+        rule="`projector`, masked mean over the valid frames, `classifier` (chain on every frame state)",
+        matches=lambda m: (
+            has_linear(m, "projector")
+            and has_linear(m, "classifier")
+            and hasattr(m, "_get_feature_vector_attention_mask")
+        ),
+        head=frame_pooling_head,
+        reads=READS_ALL,
+        capture="projector",
+    ),
+    HeadFamily(
+        name="timm_classifier",
+        task="sequence_classification",
+        rule="the timm model's own classifier (`timm_model.get_classifier()`) on the features it pools",
+        matches=lambda m: (
+            isinstance(getattr(m, "timm_model", None), nn.Module) and hasattr(m.timm_model, "get_classifier")
+        ),
+        head=timm_classifier_head,
+        reads=READS_VECTOR,
+        capture=timm_classifier,
+    ),
+    HeadFamily(
+        name="eos_classification_head",
+        task="sequence_classification",
+        rule="`classification_head` on the decoder state of the last EOS token (encoder-decoder classifiers)",
+        matches=lambda m: child_module(m, "classification_head") is not None,
+        head=eos_classification_head,
+        reads=READS_VECTOR,
+        capture="classification_head",
+    ),
+    HeadFamily(
+        name="image_pooled",
+        task="sequence_classification",
+        rule=(
+            "`classifier` (or a linear `fc` where `classifier` only pools) on the vector an image or audio model "
+            "pools (first token, mean over patches, positions or frames)"
+        ),
+        matches=lambda m: not reads_text(m) and pooled_classifier(m) is not None,
+        head=pooled_classifier_head,
+        reads=READS_VECTOR,
+        capture=pooled_classifier,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="distilled_pair",
+        task="sequence_classification",
+        rule="the mean of a linear `head` and a linear distillation `dist_head` on the vector the model pools",
+        matches=lambda m: has_linear(m, "head") and has_linear(m, "dist_head"),
+        head=distilled_pair_head,
+        reads=READS_VECTOR,
+        capture="head",
+    ),
+    HeadFamily(
+        name="last_token_score",
+        task="sequence_classification",
+        rule=(
+            "`score` (or a `classifier` that is the only head module, CTRL's) on every token, read at the last "
+            "non-padding token (decoder classifiers, left or right padding)"
+        ),
+        matches=lambda m: reads_text(m) and token_scorer(m) is not None,
+        head=last_token_score_head,
+        reads=READS_LAST,
+    ),
+    HeadFamily(
+        name="prediction_head_last",
+        task="sequence_classification",
+        rule=(
+            "`head`, `drop`, `classifier` on every token, read at the last non-padding token (decoder prediction heads)"
+        ),
+        matches=lambda m: uses_prediction_head(m, None),
+        head=last_token_prediction_head,
+        reads=READS_LAST,
+    ),
+    HeadFamily(
+        name="dense_classifier",
+        task="sequence_classification",
+        rule=(
+            "`dense`, `activation`, `classifier` on the first token, on the masked mean of the tokens, or on "
+            "every token with the logits averaged, as `classifier_pooling` says ('bos', 'mean', 'late')"
+        ),
+        matches=lambda m: (
+            reads_text(m)
+            and has_linear(m, "dense")
+            and child_module(m, "activation") is not None
+            and has_linear(m, "classifier")
+            and getattr(m.config, "classifier_pooling", None) in ("bos", "mean", "late")
+        ),
+        head=dense_classifier_head,
+        reads=dense_classifier_reads,
+    ),
+    HeadFamily(
+        name="sequence_summary",
+        task="sequence_classification",
+        rule=(
+            "the model's `sequence_summary` (first, final or every position, as its `summary_type` says; "
+            "projection, activation), then `logits_proj` where the summary does not project to the labels itself"
+        ),
+        matches=lambda m: child_module(m, "sequence_summary") is not None,
+        head=summary_head,
+        reads=summary_reads,
+        capture="sequence_summary",
+    ),
+    HeadFamily(
+        name="decoder_final_layer",
+        task="sequence_classification",
+        rule="a classification decoder's linear `final_layer` on its one query's output (Perceiver)",
+        matches=lambda m: classification_final_layer(m) is not None,
+        head=final_layer_head,
+        reads=READS_FIRST,
+        capture=classification_final_layer,
+    ),
+    HeadFamily(
+        name="prediction_head_first",
+        task="sequence_classification",
+        rule="`classifier_pooling='cls'`: first token, `head`, `drop`, `classifier`",
+        matches=lambda m: uses_prediction_head(m, "cls"),
+        head=prediction_head,
+        reads=READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="prediction_head_mean",
+        task="sequence_classification",
+        rule=(
+            "`classifier_pooling='mean'`: masked mean over tokens, `head`, `drop`, `classifier` (chain on every token)"
+        ),
+        matches=lambda m: uses_prediction_head(m, "mean"),
+        head=prediction_head,
+        reads=READS_ALL,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="pre_classifier",
+        task="sequence_classification",
+        rule="first token, `pre_classifier`, ReLU, `dropout`, `classifier`",
+        matches=lambda m: has_linear(m, "pre_classifier") and classifies_pooled(m),
+        head=pre_classifier_head,
+        reads=READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="own_pooler",
+        task="sequence_classification",
+        rule="the task model's own first-token `pooler`, `dropout`, `classifier`",
+        matches=lambda m: child_module(m, "pooler") is not None and classifies_pooled(m),
+        head=own_pooler_head,
+        reads=READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="base_pooler",
+        task="sequence_classification",
+        rule=(
+            "the base model's first-token pooler module, `dropout`, `classifier` (chain on the first token of the"
+            " state the pooler reads)"
+        ),
+        matches=lambda m: (
+            child_module(m.base_model, "pooler") is not None
+            and not has_linear(m.base_model, "pooler")
+            and classifies_pooled(m)
+        ),
+        head=base_pooler_head,
+        reads=READS_FIRST,
+        capture=base_pooler,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="base_linear_pooler",
+        task="sequence_classification",
+        rule="the base model's linear `pooler` and `pooler_activation` on the first token, `dropout`, `classifier`",
+        matches=lambda m: (
+            has_linear(m.base_model, "pooler")
+            and child_module(m.base_model, "pooler_activation") is not None
+            and classifies_pooled(m)
+        ),
+        head=base_linear_pooler_head,
+        reads=READS_FIRST,
+        offers_pooled=True,
+    ),
+    HeadFamily(
+        name="first_token_classifier",
+        task="sequence_classification",
+        rule=(
+            "a `classifier` head module that reads the first token itself, or the first token the model hands it "
+            "(dense, activation, projection)"
+        ),
+        matches=lambda m: (
+            reads_text(m) and child_module(m, "classifier") is not None and not has_linear(m, "classifier")
+        ),
+        head=classifier_head,
+        reads=READS_FIRST,
+        capture="classifier",
+    ),
+)
+
+
+CTC_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="ctc_lm_head",
+        task="ctc",
+        rule=(
+            "a linear `lm_head` on every frame state (after the model's own dropout); an utterance survives while"
+            " greedy CTC decoding of its logits gets at least half of its target tokens right at their positions"
+        ),
+        matches=lambda m: has_linear(m, "lm_head") and hasattr(m, "_get_feat_extract_output_lengths"),
+        head=frame_lm_head,
+        reads=READS_ALL,
+        capture="lm_head",
+    ),
+)
+
+
+MULTIPLE_CHOICE_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="choice_classifier",
+        task="multiple_choice",
+        rule=(
+            "a `classifier` ending in one output (a linear layer, or Funnel's two) on each choice's pooled "
+            "vector, scores regrouped into [batch, choices]"
+        ),
+        matches=lambda m: final_linear_outputs(m, "classifier") == 1,
+        head=choice_scores_head,
+        reads=READS_FIRST,
+        capture="classifier",
+    ),
+    HeadFamily(
+        name="choice_summary",
+        task="multiple_choice",
+        rule=(
+            "the model's `sequence_summary` on each choice (first, final or every position, as its `summary_type`"
+            " says) and `logits_proj` to one score, regrouped into [batch, choices]"
+        ),
+        matches=lambda m: (
+            child_module(m, "sequence_summary") is not None and final_linear_outputs(m, "logits_proj") == 1
+        ),
+        head=choice_summary_head,
+        reads=summary_reads,
+        capture="sequence_summary",
+    ),
+)
+
+
+TOKEN_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="token_classifier",
+        task="token_classification",
+        rule="a linear `classifier` on every token state (after the model's own dropout or transform)",
+        matches=lambda m: has_linear(m, "classifier"),
+        head=classifier_head,
+        reads=READS_LABELLED,
+        capture="classifier",
+    ),
+    HeadFamily(
+        name="token_score",
+        task="token_classification",
+        rule="a `score` ending in a linear layer on every token state (decoder token classifiers)",
+        matches=lambda m: final_linear_outputs(m, "score") is not None,
+        head=token_score_head,
+        reads=READS_LABELLED,
+        capture="score",
+    ),
+)
+
+
+MASKED_LM_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="vocab_projector",
+        task="masked_lm",
+        rule="`vocab_transform`, activation, `vocab_layer_norm`, `vocab_projector` (tied to the input embeddings)",
+        matches=lambda m: has_linear(m, "vocab_transform") and has_linear(m, "vocab_projector"),
+        head=vocab_projector_head,
+        reads=READS_LABELLED,
+        capture="vocab_transform",
+    ),
+    HeadFamily(
+        name="masked_lm_head",
+        task="masked_lm",
+        rule="the child module holding the output embeddings: head transform (dense, activation, norm) and decoder",
+        matches=lambda m: lm_head_module(m) is not None,
+        head=output_embeddings_head,
+        reads=READS_LABELLED,
+        capture=lm_head_module,
+    ),
+)
+
+
+CAUSAL_LM_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="causal_lm_head",
+        task="causal_lm",
+        rule=(
+            "the child module holding the output embeddings (`lm_head`; the output embeddings alone where it "
+            "holds nothing else), then the config scales the forward applies to its output and "
+            "`final_logit_softcapping`; labels as the model's loss reads them (shifted by one; unshifted for "
+            "XLNet, XLM, Flaubert)"
+        ),
+        matches=lambda m: lm_head_module(m) is not None,
+        head=output_embeddings_head,
+        reads=READS_LABELLED,
+        capture=lm_head_module,
+    ),
+)
+
+
+SEQ2SEQ_LM_FAMILIES: tuple[HeadFamily, ...] = (
+    HeadFamily(
+        name="seq2seq_lm_head",
+        task="seq2seq_lm",
+        rule=(
+            "the decoder's LM head (the child module holding the output embeddings: `lm_head`, Whisper's "
+            "`proj_out`), plus `final_logits_bias` where the model has one; labels as the model's loss reads them"
+            " (unshifted)"
+        ),
+        matches=lambda m: lm_head_module(m) is not None,
+        head=output_embeddings_head,
+        reads=READS_LABELLED,
+        capture=lm_head_module,
+    ),
+    HeadFamily(
+        name="decoder_output_projection",
+        task="seq2seq_lm",
+        rule=(
+            "the linear `output_projection` that ends the base model's decoder (FSMT: its output embeddings are "
+            "the decoder's input embeddings, tied to it); labels as the model's loss reads them (unshifted)"
+        ),
+        matches=lambda m: decoder_output_projection(m) is not None,
+        head=decoder_output_projection_head,
+        reads=READS_LABELLED,
+        capture=decoder_output_projection,
+    ),
+)
+
+FAMILIES: tuple[HeadFamily, ...] = (
+    *QUESTION_ANSWERING_FAMILIES,
+    *SEMANTIC_SEGMENTATION_FAMILIES,
+    *SEQUENCE_CLASSIFICATION_FAMILIES,
+    *CTC_FAMILIES,
+    *MULTIPLE_CHOICE_FAMILIES,
+    *TOKEN_CLASSIFICATION_FAMILIES,
+    *MASKED_LM_FAMILIES,
+    *CAUSAL_LM_FAMILIES,
+    *SEQ2SEQ_LM_FAMILIES,
+)
