@@ -124,7 +124,7 @@ class HeadFamily:
     def select(self, model: PreTrainedModel, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """The positions of the captured state the head reads, kept as a length-1 sequence where the head indexes
         a sequence itself (a state captured already pooled, [batch, width], stays as it is). Token-level heads read
-        every position; training picks the labelled ones (`token_targets`)."""
+        every position; training picks the labelled ones (their objective's targets, `spg_hf.objectives`)."""
         if self.reads == READS_FIRST:
             return state if state.dim() == 2 else state[:, :1]
         if self.reads == READS_LAST:
