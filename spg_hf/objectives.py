@@ -56,15 +56,15 @@ Terms = tuple[torch.Tensor, torch.Tensor]
 
 
 class Objective:
-    """Classification of one label per example (the base class's behaviour; subclasses override what differs).
+    """What every objective answers; the defaults hold for most of them, and each subclass overrides what differs.
 
     `token_level`: every labelled position is a trajectory, and the chain runs on the positions the model got right
     only (spg.token_level_terms). `smoothed`: Trainer's label smoother smooths this loss, so the module terms are
     smoothed alike."""
 
-    name = "classification"
+    name: str
     token_level = False
-    smoothed = True
+    smoothed = False
 
     def targets(self, model: nn.Module, inputs: dict[str, Any]) -> Targets:
         return inputs["labels"]
@@ -75,18 +75,20 @@ class Objective:
 
     def reads(self, labels: Any) -> bool:
         """Whether labels of this kind can be read this way at all (integer classes, 0/1 multi-labels, ...)."""
-        return isinstance(labels, torch.Tensor) and not labels.is_floating_point()
+        return True
+
+    def label_smoothing(self, trainer_smoothing: float) -> float:
+        """The smoothing of this objective's terms: Trainer's, where Trainer smooths this loss."""
+        return trainer_smoothing if self.smoothed else 0.0
 
     def terms(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> Terms:
         """CE_t(i) and c_t(i) per trajectory, in float32 (`smoothing`: as Trainer's label smoother smooths it)."""
-        logits = logits.float()
-        losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
-        return losses, logits.argmax(-1) == targets
+        raise NotImplementedError
 
     def trajectories(self, targets: Targets) -> torch.Tensor | None:
         """Which entries of the terms are trajectories (the others count in no term, denominator or survival
         share); None: all."""
-        return targets != IGNORE_INDEX
+        return None
 
     def model_loss(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> torch.Tensor:
         """The terms reduced as the model's own loss reduces them: the mean over the trajectories."""
@@ -95,11 +97,28 @@ class Objective:
         return (losses if trajectories is None else losses[trajectories]).mean()
 
 
+class Classification(Objective):
+    """One label per example (or choice): argmax == label is right; the cross-entropy; -100 is no trajectory."""
+
+    name = "classification"
+    smoothed = True
+
+    def reads(self, labels: Any) -> bool:
+        return isinstance(labels, torch.Tensor) and not labels.is_floating_point()
+
+    def terms(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> Terms:
+        logits = logits.float()
+        losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
+        return losses, logits.argmax(-1) == targets
+
+    def trajectories(self, targets: Targets) -> torch.Tensor | None:
+        return targets != IGNORE_INDEX
+
+
 class Regression(Objective):
     """|prediction - label| <= tolerance is right; the squared error is the loss (MSELoss)."""
 
     name = "regression"
-    smoothed = False
 
     def reads(self, labels: Any) -> bool:
         return isinstance(labels, torch.Tensor) and labels.is_floating_point()
@@ -108,15 +127,11 @@ class Regression(Objective):
         error = logits.float().view(-1) - targets.float().view(-1)
         return error.square(), error.abs() <= tolerance
 
-    def trajectories(self, targets: Targets) -> None:
-        return None
-
 
 class MultiLabel(Objective):
     """Every label right (sigmoid > 0.5 against the label); the mean binary cross-entropy over the labels."""
 
     name = "multi_label"
-    smoothed = False
 
     def reads(self, labels: Any) -> bool:
         # Soft targets in [0, 1] are read as BCE reads them; other floats are regression targets, never multi-label.
@@ -131,25 +146,18 @@ class MultiLabel(Objective):
         losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
         return losses, ((logits > 0) == (targets > 0.5)).all(-1)
 
-    def trajectories(self, targets: Targets) -> None:
-        return None
-
 
 class QuestionAnswering(Objective):
     """Start and end argmax both right; the mean of the start and end cross-entropies. Positions outside the window
     are clamped to an ignored index, as the models' own QA loss does."""
 
     name = "question_answering"
-    smoothed = False
 
     def targets(self, model: nn.Module, inputs: dict[str, Any]) -> Targets:
         return inputs["start_positions"], inputs["end_positions"]
 
     def prediction(self, outputs: Any) -> Logits:
         return outputs["start_logits"], outputs["end_logits"]
-
-    def reads(self, labels: Any) -> bool:
-        return True
 
     def _each_side(self, logits: Logits, targets: Targets) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         sides = []
@@ -165,9 +173,6 @@ class QuestionAnswering(Objective):
             hits.append(position_logits.argmax(-1) == positions)
         return (losses[0] + losses[1]) / 2, hits[0] & hits[1]
 
-    def trajectories(self, targets: Targets) -> None:
-        return None
-
     def model_loss(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> torch.Tensor:
         # Each side is a mean over its own positions inside the window.
         sides = [
@@ -177,7 +182,7 @@ class QuestionAnswering(Objective):
         return (sides[0] + sides[1]) / 2
 
 
-class TokenClassification(Objective):
+class TokenClassification(Classification):
     """One class per labelled position, the label read where it stands: token classification, masked and
     sequence-to-sequence LMs, and LMs whose loss reads the labels unshifted (XLNet, XLM)."""
 
@@ -216,34 +221,23 @@ class CTC(Objective):
     positions (`ctc_correct`); the term is the model's own CTC loss of the utterance (`ctc_terms`)."""
 
     name = "ctc"
-    smoothed = False
 
     def targets(self, model: nn.Module, inputs: dict[str, Any]) -> Targets:
         return ctc_targets(model, inputs)
 
-    def reads(self, labels: Any) -> bool:
-        return True
-
     def terms(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> Terms:
         return ctc_terms(logits, targets)
-
-    def trajectories(self, targets: Targets) -> None:
-        return None
 
 
 class Segmentation(Objective):
     """One trajectory per labelled pixel (`segmentation_terms`); the ignored label is no trajectory."""
 
     name = "segmentation"
-    smoothed = False
 
     def targets(self, model: nn.Module, inputs: dict[str, Any]) -> Targets:
         config = getattr(model, "config", None)  # a model of your own (spg_head) has none: 255, as torchvision's
         ignore_index = getattr(config, "semantic_loss_ignore_index", getattr(config, "loss_ignore_index", 255))
         return SegmentationTargets(inputs["labels"], ignore_index)
-
-    def reads(self, labels: Any) -> bool:
-        return True
 
     def terms(self, logits: Logits, targets: Targets, tolerance: float, smoothing: float = 0.0) -> Terms:
         return segmentation_terms(logits, targets)
@@ -255,7 +249,7 @@ class Segmentation(Objective):
 OBJECTIVES: dict[str, Objective] = {
     objective.name: objective
     for objective in (
-        Objective(),
+        Classification(),
         Regression(),
         MultiLabel(),
         QuestionAnswering(),
@@ -415,8 +409,9 @@ def spg_base_loss(heads: list[ScoredHead], tolerance: float, smoothing: float) -
     """What SPG's objectives make of the heads' predictions, reduced as the model's loss reduces them."""
     total = torch.zeros(())
     for head in heads:
-        head_smoothing = smoothing if head.objective.smoothed else 0.0
-        loss = head.objective.model_loss(head.prediction, head.targets, tolerance, head_smoothing)
+        loss = head.objective.model_loss(
+            head.prediction, head.targets, tolerance, head.objective.label_smoothing(smoothing)
+        )
         total = total + head.weight * loss.detach().float().cpu()
     return total
 

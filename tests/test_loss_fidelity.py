@@ -187,7 +187,8 @@ def test_trainer_hands_its_label_smoothing_to_the_module_terms(output_dir, class
 
     class Watch(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            seen.append(trainer._spg_run.smoothing(trainer._spg_run.objective))
+            run = trainer._spg_run
+            seen.append(run.objective.label_smoothing(run.label_smoothing))
 
     args = SPGTrainingArguments(output_dir=output_dir, label_smoothing_factor=EPSILON, **SHORT_RUN)
     trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset(), callbacks=[Watch()])

@@ -141,8 +141,9 @@ class HeadCheck:
     loss: torch.Tensor | None
 
 
-def _model_loss(outputs: Any) -> torch.Tensor | None:
-    loss = outputs.get("loss") if isinstance(outputs, dict) else None
+def scalar_loss(loss: Any) -> torch.Tensor | None:
+    """A loss as a scalar tensor, or None where there is none (a model's `None`, or tuple outputs whose first
+    element is its logits)."""
     return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
@@ -202,9 +203,9 @@ def verify_head(
             refusal + "the family's head on the captured state does not reproduce the model's logits, so its forward "
             "computes the prediction another way. Set spg_enabled=False to train it as with Trainer."
         )
-    return HeadCheck(
-        [shared, *auxiliary_calls[:1]], state.shape[-1], loss if loss is not None else _model_loss(outputs)
-    )
+    if forward is None:  # the model's own call: its outputs' loss, where it returns one
+        loss = outputs.get("loss") if isinstance(outputs, dict) else None
+    return HeadCheck([shared, *auxiliary_calls[:1]], state.shape[-1], scalar_loss(loss))
 
 
 def _comparable(family: HeadFamily, shared: Any, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:

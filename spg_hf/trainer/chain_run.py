@@ -160,10 +160,6 @@ class SPGChainRun:
             self.handles.append(head.family.register_capture(model, functools.partial(self._on_capture, head)))
         self.reset_statistics()
 
-    def smoothing(self, objective: Objective) -> float:
-        """The label smoothing of an objective's module terms: Trainer's, where Trainer smooths that loss."""
-        return self.label_smoothing if objective.smoothed else 0.0
-
     @property
     def auxiliary(self) -> HeadChain | None:
         return self.heads[1] if len(self.heads) > 1 else None
@@ -284,7 +280,7 @@ class SPGChainRun:
             targets,
             base_correct,
             self.positions_per_chunk or 1,
-            self.smoothing(head.objective),
+            head.objective.label_smoothing(self.label_smoothing),
         )
         return ChainTerms(base_correct, terms, weight=head.weight)
 
@@ -342,7 +338,7 @@ class SPGChainRun:
         prediction = head.head_prediction if head.head_prediction is not None else head.objective.prediction(outputs)
         head.head_prediction = None
         objective, tolerance = head.objective, self.args.spg_regression_tolerance
-        smoothing = self.smoothing(objective)
+        smoothing = objective.label_smoothing(self.label_smoothing)
         _, base_correct = objective.terms(prediction, head.targets, tolerance)
         module_terms = [objective.terms(logits, head.targets, tolerance, smoothing) for logits in result]
         return ChainTerms(base_correct, module_terms, objective.trajectories(head.targets), head.weight)

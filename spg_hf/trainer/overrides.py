@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from spg_hf.cold_start import ColdStartCallback
 from spg_hf.heads import HeadFamily
+from spg_hf.heads.resolve import scalar_loss
 from spg_hf.model_card import MODEL_CARD_TAG, add_spg_sections
 from spg_hf.spg import spg_loss
 from spg_hf.spg_config import SPGArguments, SPGTrainingArguments, validate_spg_settings
@@ -148,7 +149,7 @@ class SPGTrainerMixin(TrainerInternals):
             if "did not return a loss" not in str(error):  # Trainer's words for a batch without labels
                 raise
             return None, self.model(**batch)
-        return (loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None), outputs
+        return scalar_loss(loss), outputs
 
     def _label_smoothing(self) -> float:
         """Trainer's label smoothing, which applies where no compute_loss_func replaces the model's loss."""
