@@ -29,8 +29,10 @@ from spg_hf.tasks.cli import (
     ScriptTrainingArguments,
     parse_arguments,
     prepare_output_dir,
+    report_metrics,
     run_main,
     setup_logging,
+    train_and_save,
     write_model_card,
 )
 
@@ -62,18 +64,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     metrics = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-        metrics.update(train_result.metrics)
+        metrics |= train_and_save(trainer, last_checkpoint)
 
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
+        report_metrics(trainer, "eval", eval_metrics)
+        metrics |= eval_metrics
 
     if training_args.do_train:
         write_model_card(trainer, tasks="audio-classification", dataset=data_args.dataset_name)

@@ -11,7 +11,7 @@ ScriptTrainingArguments (SPGTrainingArguments and overwrite_output_dir):
         --output_dir outputs/rte --spg_enabled false
 
 Data: GLUE tsv files under data_dir (default: $GLUE_DIR), else the hub (nyu-mll/glue), or your own csv/json files
-(train_file / validation_file / test_file). Task logic is in spg_hf/tasks/glue.py.
+(train_file / validation_file / test_file). Task logic is in spg_hf/tasks/glue.py (and glue_*.py beside it).
 """
 
 import logging
@@ -24,10 +24,13 @@ from spg_hf.tasks import glue
 from spg_hf.tasks.cli import (
     ModelArguments,
     ScriptTrainingArguments,
+    padding_collator,
     parse_arguments,
     prepare_output_dir,
+    report_metrics,
     run_main,
     setup_logging,
+    train_and_save,
     write_model_card,
 )
 
@@ -63,18 +66,12 @@ def main() -> None:
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=datasets[eval_splits[0]] if eval_splits else None,
         processing_class=tokenizer,
-        data_collator=glue.make_data_collator(tokenizer, data_args, training_args),
+        data_collator=padding_collator(tokenizer, data_args.pad_to_max_length, training_args),
         compute_metrics=glue.compute_metrics_for(task),
     )
 
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(datasets["train"])
-        trainer.save_model()  # the tokenizer too; the SPG modules are left out, so it loads as a plain model
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        train_and_save(trainer, last_checkpoint, train_samples=len(datasets["train"]))
 
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
@@ -85,8 +82,7 @@ def main() -> None:
             metrics["eval_samples"] = len(datasets[split])
             suffix = glue.eval_metric_suffix(split)
             combined.update({key + suffix: value for key, value in metrics.items()})
-        trainer.log_metrics("eval", combined)
-        trainer.save_metrics("eval", combined)
+        report_metrics(trainer, "eval", combined)
 
     if training_args.do_predict:
         logger.info("*** Predict ***")

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import logging
 
-from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+from transformers import set_seed
 
 from spg_hf import SPGTrainer
 from spg_hf.tasks.cli import (
     ModelArguments,
     ScriptTrainingArguments,
+    padding_collator,
     parse_arguments,
     prepare_output_dir,
+    report_metrics,
     run_main,
     setup_logging,
+    train_and_save,
     write_model_card,
 )
 from spg_hf.tasks.qa import (
@@ -55,34 +58,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             eval_examples = raw_datasets["validation"]
             eval_features = tokenize_dataset(eval_examples, data_args, tokenizer, train=False)
 
-    if data_args.pad_to_max_length:
-        data_collator = default_data_collator
-    else:
-        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None)
-
     trainer = SPGTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset if training_args.do_train else None,
-        data_collator=data_collator,
+        data_collator=padding_collator(tokenizer, data_args.pad_to_max_length, training_args),
         processing_class=tokenizer,
     )
 
     metrics = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-        trainer.save_model()  # model and tokenizer, without SPG's temporary modules
-        train_metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        metrics |= train_metrics
+        metrics |= train_and_save(trainer, last_checkpoint, train_samples=len(train_dataset))
 
     if training_args.do_eval:
         # Logits for every window, then answers per question, EM / F1 and output_dir/eval_predictions.json.
         eval_metrics = evaluate_squad(trainer, eval_examples, eval_features, data_args)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        report_metrics(trainer, "eval", eval_metrics)
         metrics |= eval_metrics
     if training_args.do_train:
         write_model_card(trainer, tasks="question-answering", dataset=data_args.dataset_name)

@@ -1,4 +1,5 @@
-"""What the example scripts share: argument parsing from a config file or flags, model paths, output folders."""
+"""What the example scripts share: argument parsing from a config file or flags, model paths, output folders, and
+the steps around Trainer they all take (train and save, report metrics, pad text batches, the model card, the exit)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import AutoConfig, HfArgumentParser, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    default_data_collator,
+)
 
 from spg_hf.spg_config import SPGTrainingArguments
 from spg_hf.trainer.checkpoints import CHECKPOINT_FOLDER, last_complete_checkpoint
@@ -228,6 +237,39 @@ def prepare_output_dir(training_args: Any) -> str | None:
     elif training_args.resume_from_checkpoint is None:
         logger.info(f"Resuming from {last_checkpoint}; set overwrite_output_dir to start from scratch instead.")
     return training_args.resume_from_checkpoint or last_checkpoint
+
+
+def train_and_save(
+    trainer: transformers.Trainer, resume_from_checkpoint: str | None, train_samples: int | None = None
+) -> dict[str, float]:
+    """HF's example scripts' training step: train, save the model (with its tokenizer or feature extractor; SPG's
+    temporary modules are left out, so it loads as a plain model), report the metrics and save the trainer state.
+    Returns the training metrics, with train_samples when given."""
+    metrics = trainer.train(resume_from_checkpoint=resume_from_checkpoint).metrics
+    if train_samples is not None:
+        metrics["train_samples"] = train_samples
+    trainer.save_model()
+    report_metrics(trainer, "train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def report_metrics(trainer: transformers.Trainer, split: str, metrics: dict[str, float]) -> None:
+    """Log the metrics and write them to output_dir/<split>_results.json (and all_results.json)."""
+    trainer.log_metrics(split, metrics)
+    trainer.save_metrics(split, metrics)
+
+
+def padding_collator(
+    tokenizer: PreTrainedTokenizerBase, pad_to_max_length: bool, training_args: transformers.TrainingArguments
+) -> Callable:
+    """The text scripts' collator: examples already padded to max_seq_length are stacked as they are; otherwise each
+    batch is padded to its longest example, to a multiple of 8 under mixed precision (tensor cores want it)."""
+    if pad_to_max_length:
+        return default_data_collator
+    # mixed_precision also reflects `accelerate launch --mixed_precision` / an accelerate config file.
+    mixed = training_args.mixed_precision != "no"
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if mixed else None)
 
 
 def write_model_card(trainer: transformers.Trainer, **card: Any) -> None:

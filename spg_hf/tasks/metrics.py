@@ -39,6 +39,11 @@ def load_hub_metric(path: str, config_name: str | None = None) -> Any | None:
         return None
 
 
+def logits_of(predictions: np.ndarray | tuple) -> np.ndarray:
+    """The logits among Trainer's predictions: the first array when the model returns more than its logits."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
 CALIBRATION_BINS = 15
 
 
@@ -48,7 +53,7 @@ def expected_calibration_error(predictions: np.ndarray | tuple, labels: np.ndarr
     probability| is weighted by its share of the examples. 0 is perfectly calibrated; a model that predicts one
     class with confidence 0.9 and is right half the time scores 0.4. The eval loss alone mixes calibration with
     accuracy, so the comparisons report both."""
-    logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
+    logits = np.asarray(logits_of(predictions), dtype=np.float64)
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
     confidence = probabilities.max(axis=-1)

@@ -1,23 +1,20 @@
-"""Extractive question answering (SQuAD v1.1 / v2.0) for run_qa_spg.py: data loading, sliding-window features,
-turning start/end logits into answers, and the official-style EM / F1.
-
-Own, short versions of what HF's run_qa.py takes from utils_qa.py and trainer_qa.py (neither is installed).
+"""Extractive question answering (SQuAD v1.1 / v2.0) for run_qa_spg.py: its arguments, loading the questions and
+the model, and evaluation (logits to answers to EM / F1, and eval_predictions.json). Own, short versions of what HF's
+run_qa.py takes from utils_qa.py and trainer_qa.py (neither is installed), in
+- qa_files: reading SQuAD json files, and the split of one source by article;
+- qa_windows: questions to overlapping model windows, and their logits back to answers;
+- qa_scoring: the official EM / F1.
+Their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
-import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import datasets
-import numpy as np
-from sklearn.model_selection import GroupShuffleSplit
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoTokenizer,
@@ -27,24 +24,32 @@ from transformers import (
 )
 
 from spg_hf.tasks.cli import ModelArguments, expand_path
-from spg_hf.tasks.metrics import load_hub_metric
+from spg_hf.tasks.qa_files import REQUIRED_COLUMNS, SQUAD_FEATURES, read_squad_file, split_by_article
+from spg_hf.tasks.qa_scoring import exact_match, f1, normalize_answer, score_squad, squad_metrics
+from spg_hf.tasks.qa_windows import postprocess_qa_predictions, prepare_train_features, prepare_validation_features
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "SQUAD_FEATURES",
+    "DataTrainingArguments",
+    "check_tokenizer",
+    "evaluate_squad",
+    "exact_match",
+    "f1",
+    "load_model_and_tokenizer",
+    "load_squad_datasets",
+    "normalize_answer",
+    "postprocess_qa_predictions",
+    "prepare_train_features",
+    "prepare_validation_features",
+    "read_squad_file",
+    "score_squad",
+    "split_by_article",
+    "squad_metrics",
+    "tokenize_dataset",
+]
 
 logger = logging.getLogger(__name__)
-
-REQUIRED_COLUMNS = ("id", "context", "question", "answers")
-PUNCTUATION = frozenset(string.punctuation)
-SQUAD_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "title": datasets.Value("string"),
-        "context": datasets.Value("string"),
-        "question": datasets.Value("string"),
-        "answers": {
-            "text": datasets.List(datasets.Value("string")),
-            "answer_start": datasets.List(datasets.Value("int32")),
-        },
-    }
-)
 
 
 @dataclass
@@ -134,110 +139,6 @@ class DataTrainingArguments:
                 )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Data
-
-
-def read_squad_file(path: str) -> datasets.Dataset:
-    """Read a SQuAD-format .json (original nested format, or flat rows under 'data') or a flat .json/.jsonl.
-
-    Raises a ValueError naming the file and the missing key when the content is not SQuAD data.
-    """
-    file = Path(path)
-    if file.suffix not in (".json", ".jsonl"):
-        raise ValueError(f"{file}: expected a .json or .jsonl file.")
-    text = file.read_text(encoding="utf-8")
-    content = None
-    if file.suffix == ".json":
-        try:
-            content = json.loads(text)
-        except json.JSONDecodeError:
-            pass  # maybe JSON lines under a .json name, which datasets' json loader accepts too
-    if content is None:
-        try:
-            content = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{file}: not valid JSON or JSON lines ({error}).") from error
-    if isinstance(content, dict):
-        if "data" not in content:
-            raise ValueError(f"{file} is not in SQuAD format: top-level key 'data' is missing.")
-        content = content["data"]
-    if not isinstance(content, list) or not content:
-        raise ValueError(f"{file} is not in SQuAD format: expected a non-empty list of articles or rows.")
-    nested = isinstance(content[0], dict) and "paragraphs" in content[0]
-    if nested:
-        rows = _flatten_articles(content, file)
-    else:
-        rows = [_flat_row(row, f"{file}: row {i}") for i, row in enumerate(content)]
-    return datasets.Dataset.from_list(rows, features=SQUAD_FEATURES)
-
-
-def _require(mapping: Any, key: str, where: str, file: Path) -> Any:
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ValueError(f"{file} is not in SQuAD format: {where} has no key {key!r}.")
-    return mapping[key]
-
-
-def _flatten_articles(articles: list[Any], file: Path) -> list[dict[str, Any]]:
-    """Original SQuAD nesting (article > paragraph > question) to the hub's flat rows."""
-    rows = []
-    for i, article in enumerate(articles):
-        title = _require(article, "title", f"data[{i}]", file)
-        for j, paragraph in enumerate(_require(article, "paragraphs", f"data[{i}]", file)):
-            context = _require(paragraph, "context", f"data[{i}].paragraphs[{j}]", file)
-            for k, qa in enumerate(_require(paragraph, "qas", f"data[{i}].paragraphs[{j}]", file)):
-                where = f"data[{i}].paragraphs[{j}].qas[{k}]"
-                answers = [] if qa.get("is_impossible", False) else _require(qa, "answers", where, file)
-                for a, answer in enumerate(answers):
-                    for key in ("text", "answer_start"):
-                        _require(answer, key, f"{where}.answers[{a}]", file)
-                rows.append(
-                    {
-                        "id": str(_require(qa, "id", where, file)),
-                        "title": title,
-                        "context": context,
-                        "question": _require(qa, "question", where, file),
-                        "answers": {
-                            "text": [answer["text"] for answer in answers],
-                            "answer_start": [answer["answer_start"] for answer in answers],
-                        },
-                    }
-                )
-    return rows
-
-
-def _flat_row(row: Any, where: str) -> dict[str, Any]:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where} is not an object with the columns {list(REQUIRED_COLUMNS)}.")
-    missing = [column for column in REQUIRED_COLUMNS if column not in row]
-    if missing:
-        raise ValueError(f"{where} is missing column(s) {missing}; SQuAD rows need {list(REQUIRED_COLUMNS)}.")
-    answers = row["answers"]
-    if not isinstance(answers, dict) or {"text", "answer_start"} - answers.keys():
-        raise ValueError(f"{where}: 'answers' must be {{'text': [...], 'answer_start': [...]}}, got {answers!r}.")
-    return {**{column: row[column] for column in REQUIRED_COLUMNS}, "title": row.get("title", "")}
-
-
-def split_by_article(
-    dataset: datasets.Dataset, eval_fraction: float, seed: int, source: str = "dataset"
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split questions into (train, eval) so that every article (title) lies wholly in one part.
-
-    ceil(eval_fraction * number of articles) articles go to eval; the choice depends only on the titles and seed.
-    """
-    if "title" not in dataset.column_names:
-        raise ValueError(f"{source}: split_by_article_eval_fraction needs a 'title' column.")
-    titles = dataset["title"]
-    if len(set(titles)) < 2:
-        raise ValueError(f"{source}: split_by_article_eval_fraction needs at least 2 articles (titles).")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=eval_fraction, random_state=seed)
-    try:
-        train_indices, eval_indices = next(splitter.split(np.zeros(len(titles)), groups=titles))
-    except ValueError as error:
-        raise ValueError(f"{source}: split_by_article_eval_fraction={eval_fraction}: {error}") from error
-    return dataset.select(np.sort(train_indices)), dataset.select(np.sort(eval_indices))
-
-
 def load_squad_datasets(
     data_args: DataTrainingArguments, model_args: ModelArguments, do_train: bool, do_eval: bool
 ) -> datasets.DatasetDict:
@@ -319,88 +220,6 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str, data_args: Da
             )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Features: a long context becomes several overlapping windows, each a separate model input
-
-
-def _tokenize_windows(
-    examples: dict[str, list],
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int,
-    doc_stride: int,
-    pad_to_max_length: bool,
-) -> tuple[Any, int]:
-    """Tokenize question + context into windows of max_seq_length overlapping by doc_stride tokens."""
-    question_first = tokenizer.padding_side == "right"
-    # Leading whitespace in some SQuAD questions would only waste window room.
-    questions = [question.lstrip() for question in examples["question"]]
-    first, second = (questions, examples["context"]) if question_first else (examples["context"], questions)
-    windows = tokenizer(
-        first,
-        second,
-        truncation="only_second" if question_first else "only_first",
-        max_length=max_seq_length,
-        stride=doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="max_length" if pad_to_max_length else False,
-    )
-    return windows, 1 if question_first else 0
-
-
-def prepare_train_features(
-    examples: dict[str, list],
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int,
-    doc_stride: int,
-    pad_to_max_length: bool,
-) -> dict[str, list]:
-    """Windows with start_positions / end_positions: the answer's token span, or the CLS index when the
-    (first) answer is not wholly inside the window or the question has none."""
-    windows, context_id = _tokenize_windows(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
-    example_index = windows.pop("overflow_to_sample_mapping")
-    offset_mapping = windows.pop("offset_mapping")
-    windows["start_positions"], windows["end_positions"] = [], []
-    for i, offsets in enumerate(offset_mapping):
-        input_ids = windows["input_ids"][i]
-        cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
-        answers = examples["answers"][example_index[i]]
-        start, end = cls_index, cls_index
-        if answers["answer_start"]:
-            start_char = answers["answer_start"][0]
-            end_char = start_char + len(answers["text"][0])
-            context_tokens = [t for t, sequence_id in enumerate(windows.sequence_ids(i)) if sequence_id == context_id]
-            first, last = context_tokens[0], context_tokens[-1]
-            if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
-                start = max(t for t in context_tokens if offsets[t][0] <= start_char)
-                end = min(t for t in context_tokens if offsets[t][1] >= end_char)
-        windows["start_positions"].append(start)
-        windows["end_positions"].append(end)
-    return windows
-
-
-def prepare_validation_features(
-    examples: dict[str, list],
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int,
-    doc_stride: int,
-    pad_to_max_length: bool,
-) -> dict[str, list]:
-    """Windows with example_id and an offset_mapping that is None outside the context, for post-processing.
-    Both columns must be removed before the windows go to the model."""
-    windows, context_id = _tokenize_windows(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
-    example_index = windows.pop("overflow_to_sample_mapping")
-    windows["example_id"] = [examples["id"][index] for index in example_index]
-    windows["offset_mapping"] = [
-        [
-            offset if sequence_id == context_id else None
-            for offset, sequence_id in zip(offsets, windows.sequence_ids(i), strict=True)
-        ]
-        for i, offsets in enumerate(windows["offset_mapping"])
-    ]
-    return windows
-
-
 def tokenize_dataset(
     examples: datasets.Dataset, data_args: DataTrainingArguments, tokenizer: PreTrainedTokenizerBase, train: bool
 ) -> datasets.Dataset:
@@ -420,131 +239,6 @@ def tokenize_dataset(
         },
         desc="Tokenizing " + ("training" if train else "evaluation") + " windows",
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# From logits to answers
-
-
-def postprocess_qa_predictions(
-    examples: datasets.Dataset,
-    features: datasets.Dataset,
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    version_2_with_negative: bool = False,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    null_score_diff_threshold: float = 0.0,
-) -> dict[str, str]:
-    """The answer text for each question id: the best-scoring span (start logit + end logit) over all its windows,
-    among the n_best_size best starts x ends of each window, inside the context, end >= start, at most
-    max_answer_length tokens. v2.0: '' when the smallest null score (CLS start + end) beats that span's score by
-    more than null_score_diff_threshold. Rows of the logits may be padded with -100 past a window's length.
-    """
-    if len(features) != len(start_logits) or len(features) != len(end_logits):
-        raise ValueError(f"{len(features)} windows but {len(start_logits)} / {len(end_logits)} rows of logits.")
-    windows_of = collections.defaultdict(list)
-    for window, example_id in enumerate(features["example_id"]):
-        windows_of[example_id].append(window)
-    all_offsets = features["offset_mapping"]
-
-    predictions = {}
-    for example in examples:
-        best_score, best_text, null_score = -np.inf, "", np.inf
-        for window in windows_of[example["id"]]:
-            starts, ends, offsets = start_logits[window], end_logits[window], all_offsets[window]
-            null_score = min(null_score, starts[0] + ends[0])
-            for start in np.argsort(starts)[::-1][:n_best_size]:
-                for end in np.argsort(ends)[::-1][:n_best_size]:
-                    if max(start, end) >= len(offsets) or offsets[start] is None or offsets[end] is None:
-                        continue
-                    if not 0 <= end - start < max_answer_length or starts[start] + ends[end] <= best_score:
-                        continue
-                    best_score = starts[start] + ends[end]
-                    best_text = example["context"][offsets[start][0] : offsets[end][1]]
-        if version_2_with_negative and null_score - best_score > null_score_diff_threshold:
-            best_text = ""
-        predictions[example["id"]] = best_text
-    return predictions
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics: the official SQuAD evaluation (v2.0 script, which reduces to v1.1's on answerable questions)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, drop punctuation and the articles a/an/the, collapse whitespace."""
-    text = "".join(char for char in text.lower() if char not in PUNCTUATION)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def f1(prediction: str, gold: str) -> float:
-    """Harmonic mean of token precision and recall after normalisation; 1 if both are empty, 0 if one is."""
-    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not expected:
-        return float(predicted == expected)
-    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
-
-
-def squad_metrics(
-    predictions: dict[str, str], references: dict[str, list[str]], version_2_with_negative: bool = False
-) -> dict[str, float]:
-    """EM and F1 in percent, each the max over a question's gold answers, averaged over questions, under the names of
-    evaluate's metrics: exact_match and f1 (squad); for v2.0 exact, f1 and total, and HasAns_* / NoAns_* on the
-    answerable / unanswerable questions (squad_v2). A question whose gold answers are empty is unanswerable: only ''
-    scores on it.
-    """
-    missing = references.keys() - predictions.keys()
-    if missing:
-        raise ValueError(f"No prediction for {len(missing)} question(s), e.g. {sorted(missing)[0]!r}.")
-    scores: dict[str, list[tuple[float, float]]] = {"HasAns": [], "NoAns": []}
-    for question_id, answers in references.items():
-        golds = [answer for answer in answers if normalize_answer(answer)] or [""]
-        prediction = predictions[question_id]
-        score = (max(exact_match(prediction, g) for g in golds), max(f1(prediction, g) for g in golds))
-        scores["HasAns" if golds != [""] else "NoAns"].append(score)
-    exact_name = "exact" if version_2_with_negative else "exact_match"
-
-    def summary(pairs: list[tuple[float, float]], prefix: str = "") -> dict[str, float]:
-        exact, overlap = np.mean(pairs, axis=0) if pairs else (0.0, 0.0)
-        return {f"{prefix}{exact_name}": 100 * float(exact), f"{prefix}f1": 100 * float(overlap)}
-
-    every_question = scores["HasAns"] + scores["NoAns"]
-    metrics = summary(every_question)
-    if version_2_with_negative:
-        metrics["total"] = float(len(every_question))
-        for kind, pairs in scores.items():
-            if pairs:
-                metrics |= summary(pairs, f"{kind}_") | {f"{kind}_total": float(len(pairs))}
-    return metrics
-
-
-def score_squad(predictions: dict[str, str], examples: datasets.Dataset, version_2_with_negative: bool) -> dict:
-    """squad_metrics, by evaluate's squad / squad_v2 metric (as HF run_qa) when the hub is reachable."""
-    hub_metric = load_hub_metric("squad_v2" if version_2_with_negative else "squad")
-    if hub_metric is None:
-        references = dict(zip(examples["id"], (answers["text"] for answers in examples["answers"]), strict=True))
-        return squad_metrics(predictions, references, version_2_with_negative)
-    # The post-processing decides "no answer" by null_score_diff_threshold and keeps no probability for it, so,
-    # as in HF run_qa, every question gets probability 0; squad_v2's best_* threshold sweep over those constant
-    # values says nothing, and is left out (it is not computed locally either).
-    extra = {"no_answer_probability": 0.0} if version_2_with_negative else {}
-    result = hub_metric.compute(
-        predictions=[{"id": key, "prediction_text": text, **extra} for key, text in predictions.items()],
-        references=[
-            {"id": key, "answers": answers} for key, answers in zip(examples["id"], examples["answers"], strict=True)
-        ],
-    )
-    return {name: float(value) for name, value in result.items() if not name.startswith("best_")}
 
 
 def evaluate_squad(
