@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods among {', '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)}, the library's defaults).",
     )
     parser.add_argument("--out", type=Path, help="Results folder (raw.jsonl, table, plots, per-run logs).")
-    parser.add_argument("--data_dir", help="Folder of GLUE tsv files (default: run_glue_spg.py's; GLUE_DIR or hub).")
+    parser.add_argument(
+        "--data_dir",
+        help="Folder of GLUE tsv files (default: run_glue_spg.py's; GLUE_DIR or hub). $VARS, ${VAR:-default} and ~ are "
+        "expanded and the folder resolved from the current one: the rows record one absolute path however it is given.",
+    )
     parser.add_argument("--model", help="model_name_or_path (omit when passing --config_name after --).")
     parser.add_argument("--lr", type=float, default=5e-5, help="learning rate (of arms that set none)")
     parser.add_argument("--epochs", type=float, default=3, help="epochs (of arms that set none)")
@@ -122,6 +128,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Run], list
         parser.set_defaults(**{key: value for key, value in config.items() if key not in SWEEP_ONLY_KEYS})
         args = parser.parse_args(argv)
     args.reuse_from = [Path(folder) for folder in config.get("reuse_from", [])]
+    if args.data_dir is not None:
+        try:
+            args.data_dir = data_folder(args.data_dir)
+        except ValueError as error:
+            parser.error(f"--data_dir {args.data_dir}: {error}")
     if args.out is None:
         parser.error("--out is required (directly or in the --sweep file).")
     if args.baseline != BASELINE and (not args.report_only or "arms" in config):
@@ -147,6 +158,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Run], list
         if not folder.is_dir():
             parser.error(f"{args.sweep}: reuse_from {folder}: folder not found.")
     return args, runs, comparisons, tuple(extra)
+
+
+def data_folder(value: str) -> str:
+    """A data folder as a flag or sweep file gives it (`${GLUE_DIR:-../shared/data/glue}`: the environment's folder,
+    else the one beside the checkout), expanded and resolved from the current folder, the repository root."""
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda match: os.environ.get(match[1]) or match[2], value)
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise ValueError(f"environment variable {unset[0]} is not set.")
+    return str(Path(expanded).resolve())
 
 
 def _plan(
