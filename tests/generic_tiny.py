@@ -183,7 +183,7 @@ def generic_tiny_config(model_type: str) -> PreTrainedConfig:
 
 
 def generic_tiny_settings(model_type: str) -> tuple[type[PreTrainedConfig], dict[str, Any]]:
-    """The generic tiny config as tests/conftest.TINY_CONFIGS holds configs: its class and the values to build it
+    """The generic tiny config as tests/helpers.TINY_CONFIGS holds configs: its class and the values to build it
     from, less those its class derives from the others when it is built (labels, per-layer lists)."""
     config = generic_tiny_config(model_type)
     derived = ("id2label", "label2id", "layer_types")

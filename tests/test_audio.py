@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import soundfile
 import yaml
 from datasets import Audio, ClassLabel, Dataset
+from helpers import FSDD_DIR, REPO
 from transformers import AutoModelForAudioClassification, DataCollatorWithPadding
 
 from spg_hf import SPGTrainingArguments
@@ -34,11 +34,7 @@ from spg_hf.tasks.audio import (
     split_files,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_WAV2VEC2 = REPO / "configs" / "audio" / "tiny_wav2vec2"
-FSDD_DIR = Path(
-    os.environ.get("FSDD_DIR", REPO.parent / "shared" / "data" / "audio" / "free-spoken-digit-dataset" / "recordings")
-)
 needs_fsdd = pytest.mark.skipif(not FSDD_DIR.is_dir(), reason=f"FSDD not found at {FSDD_DIR}; set FSDD_DIR")
 FSDD_SPEAKERS = {"george", "jackson", "lucas", "nicolas", "theo", "yweweler"}
 DIGIT = r"^(\d+)_"
@@ -288,28 +284,29 @@ def test_unreadable_wav_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_file_name_without_label_is_named(tmp_path):
-    root = tone_folder(tmp_path / "clips", ["1_bob_0.wav", "noise_bob_0.wav"])
-    with pytest.raises(ValueError, match=r"noise_bob_0\.wav: file name does not match label_pattern"):
-        run_config(tmp_path, data_dir=str(root))
+@pytest.mark.parametrize(
+    ("names", "settings", "message"),
+    [
+        (["1_bob_0.wav", "noise_bob_0.wav"], {}, r"noise_bob_0\.wav: file name does not match label_pattern"),
+        (
+            ["1_bob_0.wav", "2_amy_0.wav", "3_bob_0.wav"],
+            dict(eval_speakers=["amy"], label_list=["1", "2"]),
+            r"3_bob_0\.wav \(train split\) has label '3', which is not in label_list",
+        ),
+        (["1_bob_0.wav", "2_amy_0.wav"], {}, r"eval_speakers \['theo'\] have no files.*\['amy', 'bob'\]"),
+    ],
+    ids=["file name without label", "label outside label_list", "unknown eval speaker"],
+)
+def test_bad_clip_folder_names_the_file_or_setting(tmp_path, names, settings, message):
+    root = tone_folder(tmp_path / "clips", names)
+    with pytest.raises(ValueError, match=message):
+        run_config(tmp_path, data_dir=str(root), **settings)
 
 
 def test_file_in_data_dir_root_has_no_folder_label(tmp_path):
     root = tone_folder(tmp_path / "clips", ["yes/a.wav", "b.wav"])
     with pytest.raises(ValueError, match=r"b\.wav: file lies directly in data_dir"):
         load_local_datasets(DataTrainingArguments(data_dir=str(root)), ["train"])
-
-
-def test_label_outside_label_list_is_named(tmp_path):
-    root = tone_folder(tmp_path / "clips", ["1_bob_0.wav", "2_amy_0.wav", "3_bob_0.wav"])
-    with pytest.raises(ValueError, match=r"3_bob_0\.wav \(train split\) has label '3', which is not in label_list"):
-        run_config(tmp_path, data_dir=str(root), eval_speakers=["amy"], label_list=["1", "2"])
-
-
-def test_unknown_eval_speaker(tmp_path):
-    root = tone_folder(tmp_path / "clips", ["1_bob_0.wav", "2_amy_0.wav"])
-    with pytest.raises(ValueError, match=r"eval_speakers \['theo'\] have no files.*\['amy', 'bob'\]"):
-        run_config(tmp_path, data_dir=str(root))
 
 
 def test_list_file_naming_missing_files(tmp_path):

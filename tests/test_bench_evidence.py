@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import tiny_model
+from helpers import REPO, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is not installed: imported from the checkout
 from bench import squad_lm  # noqa: E402
 from bench.paired import paired_table, run_paired  # noqa: E402

@@ -6,33 +6,23 @@ import os
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     assert_resumed_inside_cold_start,
     logged_learning_rates,
     same_weights,
     text_dataset,
     tiny_bert,
+    training_args,
 )
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_constant_schedule
 
-from spg_hf import ColdStartCallback, SPGTrainer, SPGTrainingArguments
+from spg_hf import ColdStartCallback, SPGTrainer
 
 LEARNING_RATE = 1e-2
 
 
-SETTINGS = dict(
-    use_cpu=True,
-    per_device_train_batch_size=8,
-    learning_rate=LEARNING_RATE,
-    logging_steps=1,
-    save_strategy="no",
-    report_to=[],
-    disable_tqdm=True,
-)
-
-
-def plain_args(output_dir: str, **overrides) -> TrainingArguments:
-    return TrainingArguments(output_dir, **{**SETTINGS, **overrides})
+# Over SHORT_RUN: batches of 8 at a high rate, the step count each test's own (else Trainer's 3 epochs).
+SETTINGS = dict(per_device_train_batch_size=8, learning_rate=LEARNING_RATE, max_steps=-1)
 
 
 class WeightSnapshots(TrainerCallback):
@@ -51,7 +41,7 @@ class WeightSnapshots(TrainerCallback):
 def train(output_dir: str, callbacks: list, resume_from_checkpoint: str | None = None, **overrides) -> Trainer:
     trainer = Trainer(
         model=tiny_bert(),
-        args=plain_args(output_dir, **overrides),
+        args=training_args(output_dir, SETTINGS, args_class=TrainingArguments, **overrides),
         train_dataset=text_dataset(size=24),
         callbacks=callbacks,
     )
@@ -131,7 +121,7 @@ def test_cold_start_as_long_as_training_is_refused(output_dir):
 def test_epochs_without_a_dataset_length_are_refused(output_dir):
     trainer = Trainer(
         model=tiny_bert(),
-        args=plain_args(output_dir, max_steps=4),
+        args=training_args(output_dir, SETTINGS, args_class=TrainingArguments, max_steps=4),
         train_dataset=text_dataset(size=24).to_iterable_dataset(),
         callbacks=[ColdStartCallback(epochs=1)],
     )
@@ -143,7 +133,14 @@ def test_schedule_it_cannot_rebuild_is_refused(output_dir):
     with pytest.raises(ValueError, match="LambdaLR"):
         Trainer(
             model=tiny_bert(),
-            args=plain_args(output_dir, max_steps=4, lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="steps"),
+            args=training_args(
+                output_dir,
+                SETTINGS,
+                args_class=TrainingArguments,
+                max_steps=4,
+                lr_scheduler_type="reduce_lr_on_plateau",
+                eval_strategy="steps",
+            ),
             train_dataset=text_dataset(size=24),
             eval_dataset=text_dataset(size=8),
             callbacks=[ColdStartCallback(steps=1)],
@@ -153,7 +150,7 @@ def test_schedule_it_cannot_rebuild_is_refused(output_dir):
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     trainer = Trainer(
         model=model,
-        args=plain_args(output_dir, max_steps=4),
+        args=training_args(output_dir, SETTINGS, args_class=TrainingArguments, max_steps=4),
         train_dataset=text_dataset(size=24),
         optimizers=(optimizer, get_constant_schedule(optimizer)),
         callbacks=[ColdStartCallback(steps=1)],
@@ -163,7 +160,7 @@ def test_schedule_it_cannot_rebuild_is_refused(output_dir):
 
 
 def test_spg_trainer_settings_and_callback_together_are_refused(output_dir):
-    args = SPGTrainingArguments(output_dir, **SETTINGS, max_steps=4, cold_start_steps=1)
+    args = training_args(output_dir, SETTINGS, max_steps=4, cold_start_steps=1)
     trainer = SPGTrainer(
         model=tiny_bert(), args=args, train_dataset=text_dataset(size=24), callbacks=[ColdStartCallback(steps=1)]
     )

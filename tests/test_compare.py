@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GLUE_DIR, REPO
 from scipy import stats
 
 from spg_hf import compare
-
-REPO = Path(__file__).resolve().parents[1]
-GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared/data/glue"))
 
 # Per seed: the plain arm's accuracy, and what the spg arm adds to it.
 PLAIN_ACCURACY = {1: 0.70, 2: 0.60, 3: 0.65}

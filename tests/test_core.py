@@ -10,10 +10,18 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import no_dropout, qa_dataset, text_dataset, tiny_bert, tiny_model
+from helpers import (
+    assert_saved_without_the_chain,
+    no_dropout,
+    qa_dataset,
+    text_dataset,
+    tiny_bert,
+    tiny_model,
+    training_args,
+)
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.objectives import OBJECTIVES
 from spg_hf.spg import ChainStatistics, ChainTerms, SPGLoss, spg_loss
 from spg_hf.trainer import SPG_WEIGHTS_NAME, SPGChainRun, overrides
@@ -21,22 +29,9 @@ from spg_hf.trainer import SPG_WEIGHTS_NAME, SPGChainRun, overrides
 WEIGHTS = [0.4, 0.2, 0.1]
 
 
-def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    defaults = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=7,
-        disable_tqdm=True,
-        # The paper's form: its chain trains, so chain weights move and every chain code path is exercised.
-        spg_activation="none",
-    )
-    return SPGTrainingArguments(**{**defaults, **overrides})
+# test_core's run over SHORT_RUN: 4 steps of 8 at seed 7, and the paper's form: its chain trains, so chain weights
+# move and every chain code path is exercised.
+CORE_RUN = dict(per_device_train_batch_size=8, max_steps=4, seed=7, spg_activation="none")
 
 
 class ChainAtEnd(TrainerCallback):
@@ -147,7 +142,9 @@ def test_trainer_loss_equals_formula_on_model_logits(output_dir):
     model = tiny_bert(**no_dropout())
     batch = text_dataset(size=8)[:8]
     inputs = {k: torch.tensor(v) for k, v in batch.items()}
-    trainer = SPGTrainer(model=model, args=training_args(output_dir, spg_dropout=0.0), train_dataset=text_dataset())
+    trainer = SPGTrainer(
+        model=model, args=training_args(output_dir, CORE_RUN, spg_dropout=0.0), train_dataset=text_dataset()
+    )
     trainer._hp_search_setup(None)  # attaches the chain as train() does
     model.train()
     loss = trainer.compute_loss(model, inputs)
@@ -169,7 +166,7 @@ def test_chain_changes_after_one_step(output_dir, activation, changes):
     chain = ChainAtEnd()
     trainer = SPGTrainer(
         model=tiny_bert(),
-        args=training_args(output_dir, max_steps=1, spg_activation=activation),
+        args=training_args(output_dir, CORE_RUN, max_steps=1, spg_activation=activation),
         train_dataset=text_dataset(),
         callbacks=[chain],
     )
@@ -183,26 +180,16 @@ def test_chain_changes_after_one_step(output_dir, activation, changes):
 
 
 def test_disabled_spg_matches_trainer_step_for_step(tmp_path):
-    common = dict(
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        max_steps=6,
-        seed=3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    six_steps = dict(per_device_train_batch_size=8, max_steps=6, seed=3)
     plain = Trainer(
         model=tiny_bert(seed=1),
-        args=TrainingArguments(output_dir=str(tmp_path / "a"), **common),
+        args=training_args(tmp_path / "a", six_steps, args_class=TrainingArguments),
         train_dataset=text_dataset(),
     )
     plain.train()
     spg = SPGTrainer(
         model=tiny_bert(seed=1),
-        args=training_args(str(tmp_path / "b"), spg_enabled=False, max_steps=6, seed=3),
+        args=training_args(tmp_path / "b", CORE_RUN, six_steps, spg_enabled=False),
         train_dataset=text_dataset(),
     )
     spg.train()
@@ -226,6 +213,7 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
             model=model,
             args=training_args(
                 str(tmp_path / f"ga{accumulation}"),
+                CORE_RUN,
                 per_device_train_batch_size=batch_size,
                 gradient_accumulation_steps=accumulation,
                 max_steps=1,
@@ -252,13 +240,9 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
 
 def test_saved_model_loads_into_plain_class(output_dir):
     model = tiny_bert()
-    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset())
+    trainer = SPGTrainer(model=model, args=training_args(output_dir, CORE_RUN), train_dataset=text_dataset())
     trainer.train()
-    trainer.save_model(output_dir)
-    saved = safetensors.torch.load_file(os.path.join(output_dir, "model.safetensors"))
-    assert not [k for k in saved if "spg" in k]
-    loaded, info = AutoModelForSequenceClassification.from_pretrained(output_dir, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    loaded = assert_saved_without_the_chain(trainer, output_dir, AutoModelForSequenceClassification)
     inputs = torch.tensor(text_dataset(size=4)["input_ids"])
     model.eval()
     loaded.eval()
@@ -270,7 +254,9 @@ def test_saved_model_loads_into_plain_class(output_dir):
 def test_evaluation_and_prediction_equal_plain_trainer(output_dir):
     model = tiny_bert()
     eval_data = text_dataset(size=16, seed=5)
-    spg = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset(), eval_dataset=eval_data)
+    spg = SPGTrainer(
+        model=model, args=training_args(output_dir, CORE_RUN), train_dataset=text_dataset(), eval_dataset=eval_data
+    )
     spg.train()
     plain = Trainer(model=model, args=TrainingArguments(output_dir=output_dir, report_to="none", use_cpu=True))
     spg_prediction, plain_prediction = spg.predict(eval_data), plain.predict(eval_data)
@@ -281,7 +267,7 @@ def test_evaluation_and_prediction_equal_plain_trainer(output_dir):
 def test_checkpoints_carry_the_temporary_weights(output_dir):
     trainer = SPGTrainer(
         model=tiny_bert(),
-        args=training_args(output_dir, save_strategy="steps", save_steps=2),
+        args=training_args(output_dir, CORE_RUN, save_strategy="steps", save_steps=2),
         train_dataset=text_dataset(),
     )
     trainer.train()
@@ -300,7 +286,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         trainer = SPGTrainer(
             model=tiny_bert(seed=4),
             args=training_args(
-                output_dir, max_steps=8, per_device_train_batch_size=4, save_strategy="steps", save_steps=4
+                output_dir, CORE_RUN, max_steps=8, per_device_train_batch_size=4, save_strategy="steps", save_steps=4
             ),
             train_dataset=text_dataset(size=24),
             callbacks=[chain],
@@ -324,10 +310,12 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_resuming_a_plain_checkpoint_with_spg_is_refused(tmp_path):
     SPGTrainer(
         model=tiny_bert(),
-        args=training_args(str(tmp_path / "plain"), spg_enabled=False, save_strategy="steps", save_steps=2),
+        args=training_args(str(tmp_path / "plain"), CORE_RUN, spg_enabled=False, save_strategy="steps", save_steps=2),
         train_dataset=text_dataset(),
     ).train()
-    trainer = SPGTrainer(model=tiny_bert(), args=training_args(str(tmp_path / "spg")), train_dataset=text_dataset())
+    trainer = SPGTrainer(
+        model=tiny_bert(), args=training_args(str(tmp_path / "spg"), CORE_RUN), train_dataset=text_dataset()
+    )
     with pytest.raises(ValueError, match=SPG_WEIGHTS_NAME):
         trainer.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-2"))
 
@@ -337,7 +325,7 @@ def test_resuming_a_plain_checkpoint_with_spg_is_refused(tmp_path):
 
 def test_survival_and_module_losses_are_logged(output_dir):
     trainer = SPGTrainer(
-        model=tiny_bert(), args=training_args(output_dir, logging_steps=2), train_dataset=text_dataset()
+        model=tiny_bert(), args=training_args(output_dir, CORE_RUN, logging_steps=2), train_dataset=text_dataset()
     )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -350,7 +338,7 @@ def test_survival_and_module_losses_are_logged(output_dir):
 
 
 def test_survivor_labels_share_is_counted_from_the_recorded_batches(output_dir):
-    trainer = SPGTrainer(model=tiny_bert(num_labels=3), args=training_args(output_dir))
+    trainer = SPGTrainer(model=tiny_bert(num_labels=3), args=training_args(output_dir, CORE_RUN))
     run = trainer._spg_run = SPGChainRun(trainer.model, trainer.args, trainer._head_family())
     result = SPGLoss(torch.tensor(1.0), [ChainStatistics(survival=torch.zeros(3), module_losses=torch.zeros(3))])
     # Survivors of the two batches: labels 0, 1, 1 and 1, 2: label 1 holds 3 of 5.
@@ -366,7 +354,7 @@ def test_survivors_of_one_label_warn_once_from_three_quarters_of_training(output
     model = tiny_bert(id2label={0: "unacceptable", 1: "acceptable"}, label2id={"unacceptable": 0, "acceptable": 1})
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([10.0, 0.0]))  # predicts "unacceptable" for every example
-    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=text_dataset())
+    trainer = SPGTrainer(model=model, args=training_args(output_dir, CORE_RUN), train_dataset=text_dataset())
     with caplog.at_level(logging.WARNING, logger=overrides.__name__):
         trainer.train()
     shares = [log["spg/survivors_in_top_label"] for log in trainer.state.log_history if "loss" in log]
@@ -378,7 +366,9 @@ def test_survivors_of_one_label_warn_once_from_three_quarters_of_training(output
 
 def test_survivor_labels_are_not_counted_for_regression(output_dir):
     trainer = SPGTrainer(
-        model=tiny_bert(num_labels=1), args=training_args(output_dir), train_dataset=text_dataset(regression=True)
+        model=tiny_bert(num_labels=1),
+        args=training_args(output_dir, CORE_RUN),
+        train_dataset=text_dataset(regression=True),
     )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -398,7 +388,7 @@ def test_survivor_labels_are_not_counted_for_regression(output_dir):
 )
 def test_training_runs_for_regression_qa_and_other_models(output_dir, class_name, num_labels, dataset):
     model = tiny_model(class_name, num_labels=num_labels)
-    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=dataset)
+    trainer = SPGTrainer(model=model, args=training_args(output_dir, CORE_RUN), train_dataset=dataset)
     trainer.train()
     log = next(log for log in trainer.state.log_history if "loss" in log)
     assert math.isfinite(log["loss"]) and "spg/survival_3" in log
@@ -407,7 +397,7 @@ def test_training_runs_for_regression_qa_and_other_models(output_dir, class_name
 def test_pooled_training_uses_classifier_width(output_dir):
     trainer = SPGTrainer(
         model=tiny_bert(),
-        args=training_args(output_dir, spg_attach="pooled", max_steps=1),
+        args=training_args(output_dir, CORE_RUN, spg_attach="pooled", max_steps=1),
         train_dataset=text_dataset(),
         callbacks=[chain := ChainAtEnd()],
     )
@@ -444,18 +434,19 @@ def test_pooled_training_uses_classifier_width(output_dir):
 )
 def test_bad_settings_name_the_argument(output_dir, overrides, argument):
     with pytest.raises(ValueError, match=argument):
-        training_args(output_dir, **overrides)
+        training_args(output_dir, CORE_RUN, **overrides)
 
 
 def test_pooled_attach_on_a_model_without_pooler_is_refused(output_dir):
     with pytest.raises(ValueError, match="spg_attach"):
         SPGTrainer(
-            model=tiny_model("RobertaForSequenceClassification"), args=training_args(output_dir, spg_attach="pooled")
+            model=tiny_model("RobertaForSequenceClassification"),
+            args=training_args(output_dir, CORE_RUN, spg_attach="pooled"),
         )
 
 
 def test_trial_values_are_checked_when_training_starts(output_dir):
-    trainer = SPGTrainer(model=tiny_bert(), args=training_args(output_dir), train_dataset=text_dataset())
+    trainer = SPGTrainer(model=tiny_bert(), args=training_args(output_dir, CORE_RUN), train_dataset=text_dataset())
     trainer.args.spg_dropout = [0.1, 0.2]  # as a hyperparameter-search trial would write it
     with pytest.raises(ValueError, match="spg_dropout"):
         trainer.train()
@@ -465,12 +456,12 @@ def test_user_optimizer_is_refused(output_dir):
     model = tiny_bert()
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(ValueError, match="optimizers"):
-        SPGTrainer(model=model, args=training_args(output_dir), optimizers=(optimizer, None))
+        SPGTrainer(model=model, args=training_args(output_dir, CORE_RUN), optimizers=(optimizer, None))
 
 
 def test_cold_start_longer_than_training_is_refused(output_dir):
     trainer = SPGTrainer(
-        model=tiny_bert(), args=training_args(output_dir, cold_start_steps=4), train_dataset=text_dataset()
+        model=tiny_bert(), args=training_args(output_dir, CORE_RUN, cold_start_steps=4), train_dataset=text_dataset()
     )
     with pytest.raises(ValueError, match="cold start"):
         trainer.train()
@@ -480,7 +471,9 @@ def test_spg_statistics_reach_tensorboard(output_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     trainer = SPGTrainer(
-        model=tiny_bert(), args=training_args(output_dir, report_to="tensorboard"), train_dataset=text_dataset()
+        model=tiny_bert(),
+        args=training_args(output_dir, CORE_RUN, report_to="tensorboard"),
+        train_dataset=text_dataset(),
     )
     trainer.train()
     (events,) = glob.glob(os.path.join(output_dir, "runs", "*", "events.out.tfevents.*"))

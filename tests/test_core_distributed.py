@@ -1,4 +1,4 @@
-"""SPGTrainer under DDP: 2 CPU processes on gloo, launched with torchrun (tests/ddp_train_worker.py)."""
+"""SPGTrainer under DDP: 2 CPU processes on gloo, launched with torchrun (tests/distributed/ddp_train_worker.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 import safetensors.torch
 import torch
-from conftest import torchrun
+from helpers import WORKERS, torchrun
 
-WORKER = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
-EXIT_RACE_WORKER = os.path.join(os.path.dirname(__file__), "exit_race_worker.py")
+WORKER = str(WORKERS / "ddp_train_worker.py")
+EXIT_RACE_WORKER = str(WORKERS / "exit_race_worker.py")
 MODELS = ["bert", "wav2vec2"]
 
 

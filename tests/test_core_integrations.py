@@ -11,32 +11,22 @@ import optuna
 import pytest
 import torch
 from accelerate.utils import is_compiled_module
-from conftest import (
+from helpers import (
     assert_resumed_inside_cold_start,
     logged_learning_rates,
     losses,
     same_weights,
     text_dataset,
     tiny_bert,
+    training_args,
 )
 from transformers import TrainerCallback
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 
-
-def spg_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    settings = dict(
-        use_cpu=True,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        # The paper's form: its chain trains, so chain weights move and every chain code path is exercised.
-        spg_activation="none",
-    )
-    return SPGTrainingArguments(output_dir, **{**settings, **overrides})
+# Over SHORT_RUN: batches of 8 at a high rate, the step count each test's own (else Trainer's 3 epochs), and the
+# paper's form: its chain trains, so chain weights move and every chain code path is exercised.
+SETTINGS = dict(per_device_train_batch_size=8, learning_rate=1e-2, max_steps=-1, spg_activation="none")
 
 
 class ChainWatcher(TrainerCallback):
@@ -70,7 +60,7 @@ def test_optuna_search_builds_each_trials_chain(output_dir):
     recorder = DropoutRecorder()
     trainer = SPGTrainer(
         model_init=lambda: tiny_bert(),
-        args=spg_args(output_dir, max_steps=2),
+        args=training_args(output_dir, SETTINGS, max_steps=2),
         train_dataset=text_dataset(size=16),
         eval_dataset=text_dataset(size=8, seed=1),
         callbacks=[recorder],
@@ -95,7 +85,7 @@ def test_torch_compile_aot_eager_trains(output_dir):
     watcher = ChainWatcher()
     trainer = SPGTrainer(
         model=tiny_bert(),
-        args=spg_args(output_dir, max_steps=3, torch_compile=True, torch_compile_backend="aot_eager"),
+        args=training_args(output_dir, SETTINGS, max_steps=3, torch_compile=True, torch_compile_backend="aot_eager"),
         train_dataset=text_dataset(),
         callbacks=[watcher],
     )
@@ -136,7 +126,7 @@ def test_cold_start_holds_weights_then_runs_full_schedule(output_dir, cold_start
     learning_rate = 1e-2
     trainer = SPGTrainer(
         model=tiny_bert(),
-        args=spg_args(output_dir, learning_rate=learning_rate, lr_scheduler_type="linear", **cold_start),
+        args=training_args(output_dir, SETTINGS, learning_rate=learning_rate, lr_scheduler_type="linear", **cold_start),
         train_dataset=text_dataset(size=24),
         callbacks=[snapshots],
     )
@@ -162,7 +152,9 @@ def test_resume_inside_cold_start_matches_uninterrupted_run(output_dir):
         snapshots = WeightSnapshots()
         trainer = SPGTrainer(
             model=tiny_bert(),
-            args=spg_args(output_dir, cold_start_steps=3, max_steps=8, save_strategy="steps", save_steps=2),
+            args=training_args(
+                output_dir, SETTINGS, cold_start_steps=3, max_steps=8, save_strategy="steps", save_steps=2
+            ),
             train_dataset=text_dataset(size=24),
             callbacks=[snapshots],
         )
@@ -180,7 +172,10 @@ def test_resume_inside_cold_start_matches_uninterrupted_run(output_dir):
 def test_second_train_call_trains_its_new_chain(output_dir):
     watcher = ChainWatcher()
     trainer = SPGTrainer(
-        model=tiny_bert(), args=spg_args(output_dir, max_steps=3), train_dataset=text_dataset(), callbacks=[watcher]
+        model=tiny_bert(),
+        args=training_args(output_dir, SETTINGS, max_steps=3),
+        train_dataset=text_dataset(),
+        callbacks=[watcher],
     )
     trainer.train()
     first_chain = watcher.final_chain

@@ -1,6 +1,6 @@
 """Checkpoints cut off mid-save are never resumed from (issue 14): every part of a save fails in turn, in-process and
 with a real SIGKILL, and the rerun resumes from the newest complete checkpoint and ends with the weights of an
-uninterrupted run. The run and the fault injection are in tests/crash_train_worker.py."""
+uninterrupted run. The run and the fault injection are in tests/distributed/crash_train_worker.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import NamedTuple
 import pytest
 import safetensors.torch
 import torch
-from conftest import text_dataset, tiny_bert
-from crash_train_worker import SAVE_PARTS, SAVE_STEPS, crash_run_trainer, save_part_faults
+from distributed.crash_train_worker import SAVE_PARTS, SAVE_STEPS, crash_run_trainer, save_part_faults
+from helpers import WORKERS, text_dataset, tiny_bert
 from transformers import TrainerCallback
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -24,7 +24,7 @@ from spg_hf.tasks.cli import ScriptTrainingArguments, prepare_output_dir
 from spg_hf.trainer import SPG_WEIGHTS_NAME
 from spg_hf.trainer.checkpoints import checkpoint_defect, last_complete_checkpoint
 
-WORKER = os.path.join(os.path.dirname(__file__), "crash_train_worker.py")
+WORKER = str(WORKERS / "crash_train_worker.py")
 
 
 class SaveInterrupted(Exception):

@@ -8,38 +8,24 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import AUDIO, CTC_MAX_LABELS, CTC_VOCABULARY, SHORT_RUN, ctc_dataset
+from helpers import CTC_MAX_LABELS, CTC_VOCABULARY, ctc_dataset, losses, tiny_model, train_each, training_args
 from test_core_integrations import ChainWatcher, assert_chain_trained
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.heads import head_family_for
 from spg_hf.objectives import OBJECTIVES, CTCTargets, ctc_correct, ctc_targets
 from spg_hf.spg import ChainTerms, spg_loss
 
 VOCAB = CTC_VOCABULARY
 MAX_LABELS = CTC_MAX_LABELS
-CTC_CONFIGS = {
-    "Wav2Vec2ForCTC": (transformers.Wav2Vec2Config, dict(AUDIO, vocab_size=VOCAB)),
-    "HubertForCTC": (transformers.HubertConfig, dict(AUDIO, vocab_size=VOCAB)),
-}
-CLASSES = sorted(CTC_CONFIGS)
-
-
-def build(class_name: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
-    config_class, settings = CTC_CONFIGS[class_name]
-    torch.manual_seed(seed)
-    return getattr(transformers, class_name)(config_class(**(settings | overrides)))
+CLASSES = ["HubertForCTC", "Wav2Vec2ForCTC"]  # their tiny configs: helpers.TINY_CONFIGS
 
 
 def batch(size: int = 3) -> dict:
     rows = ctc_dataset(size)[:size]
     return {name: torch.tensor(values) for name, values in rows.items()}
-
-
-def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    return SPGTrainingArguments(output_dir=output_dir, **(SHORT_RUN | overrides))
 
 
 def one_hot_frames(frames: list[list[int]]) -> torch.Tensor:
@@ -97,14 +83,14 @@ def test_module_terms_average_to_the_models_ctc_loss(reduction):
 
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_family_and_objective(class_name):
-    model = build(class_name)
+    model = tiny_model(class_name)
     family = head_family_for(model)
     assert (family.name, family.task, family.objective_names(model)[0]) == ("ctc_lm_head", "ctc", "ctc")
 
 
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_targets_read_the_frames_the_models_loss_reads(class_name):
-    model = build(class_name).eval()
+    model = tiny_model(class_name).eval()
     inputs = batch()
     targets = ctc_targets(model, inputs)
     with torch.no_grad():
@@ -120,23 +106,23 @@ def test_targets_read_the_frames_the_models_loss_reads(class_name):
 
 
 def test_base_term_is_trainers_loss(tmp_path):
-    first_losses = []
-    settings = SHORT_RUN | dict(max_steps=1)
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **settings)),
-        (SPGTrainer, SPGTrainingArguments(str(tmp_path / "spg"), spg_weights=[0.0], spg_dropout=0.0, **settings)),
-    ):
-        model = build("Wav2Vec2ForCTC", layerdrop=0.0, hidden_dropout=0.0, final_dropout=0.0)
-        trainer = trainer_class(model=model, args=args, train_dataset=ctc_dataset())
-        trainer.train()
-        first_losses.append([log["loss"] for log in trainer.state.log_history if "loss" in log][0])
-    assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-6)
+    plain, spg = train_each(
+        [
+            (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments, max_steps=1)),
+            (SPGTrainer, training_args(tmp_path / "spg", max_steps=1, spg_weights=[0.0], spg_dropout=0.0)),
+        ],
+        lambda: dict(
+            model=tiny_model("Wav2Vec2ForCTC", layerdrop=0.0, hidden_dropout=0.0, final_dropout=0.0),
+            train_dataset=ctc_dataset(),
+        ),
+    )
+    assert losses(spg)[0] == pytest.approx(losses(plain)[0], rel=1e-6)
 
 
 def test_utterances_decoded_right_survive_and_train_the_chain(tmp_path):
     """Every utterance's target is the token 5 and the head predicts 5 on every frame: greedy decoding gives 5,
     so every utterance reaches every module and the chain trains."""
-    model = build("Wav2Vec2ForCTC")
+    model = tiny_model("Wav2Vec2ForCTC")
     with torch.no_grad():
         model.lm_head.weight.mul_(0.01)
         model.lm_head.bias.zero_()[5] = 10.0

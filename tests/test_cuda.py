@@ -8,18 +8,19 @@ import math
 
 import pytest
 import torch
-from conftest import (
-    SHORT_RUN,
+from helpers import (
     assert_trained_alike,
     greedy_lm_dataset,
     losses,
     no_dropout,
     text_dataset,
     tiny_model,
+    train_each,
+    training_args,
 )
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.trainer import CHAIN_ATTRIBUTE
 
 pytestmark = [
@@ -73,8 +74,7 @@ def cuda_run(family: str, output_dir: str, weights: torch.dtype = torch.float32,
     class_name, dataset = FAMILIES[family]
     model = tiny_model(class_name, **no_dropout(), use_cache=False).to(weights)
     probe = ChainProbe()
-    settings = dict(SHORT_RUN, use_cpu=False, spg_activation="none") | settings
-    args = SPGTrainingArguments(output_dir, **settings)
+    args = training_args(output_dir, dict(use_cpu=False, spg_activation="none"), settings)
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[probe])
     trainer.train()
     return trainer, probe
@@ -113,17 +113,14 @@ def test_mixed_precision_runs_the_chain_under_autocast(output_dir, family, preci
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_spg_off_equals_trainer_on_cuda(output_dir, precision):
-    settings = dict(SHORT_RUN, use_cpu=False, full_determinism=True, bf16=precision == "bf16")
-    trainers = []
-    for trainer_class, arguments_class in ((SPGTrainer, SPGTrainingArguments), (Trainer, TrainingArguments)):
-        args = arguments_class(
-            output_dir, **settings, **({"spg_enabled": False} if trainer_class is SPGTrainer else {})
-        )
-        trainer = trainer_class(
-            model=tiny_model("BertForSequenceClassification"), args=args, train_dataset=text_dataset()
-        )
-        trainer.train()
-        trainers.append(trainer)
+    settings = dict(use_cpu=False, full_determinism=True, bf16=precision == "bf16")
+    runs = [
+        (SPGTrainer, training_args(output_dir, settings, spg_enabled=False)),
+        (Trainer, training_args(output_dir, settings, args_class=TrainingArguments)),
+    ]
+    trainers = train_each(
+        runs, lambda: dict(model=tiny_model("BertForSequenceClassification"), train_dataset=text_dataset())
+    )
     assert next(trainers[0].model.parameters()).device.type == "cuda"
     assert_trained_alike(*trainers)
 
@@ -134,7 +131,7 @@ def test_spg_on_cuda_equals_spg_on_the_cpu(output_dir):
     runs = []
     for use_cpu in (True, False):
         model = tiny_model("BertForSequenceClassification", **no_dropout())
-        args = SPGTrainingArguments(output_dir, **dict(SHORT_RUN, use_cpu=use_cpu), spg_dropout=[0.0])
+        args = training_args(output_dir, spg_dropout=[0.0], use_cpu=use_cpu)
         trainer = SPGTrainer(model=model, args=args, train_dataset=text_dataset())
         trainer.train()
         runs.append(trainer.state.log_history)

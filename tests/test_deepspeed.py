@@ -1,5 +1,6 @@
 """SPGTrainer under DeepSpeed ZeRO-2 and ZeRO-3 (`TrainingArguments(deepspeed=...)`), one process on DeepSpeed's CPU
-accelerator, launched with torchrun as users launch it (tests/deepspeed_train_worker.py runs every case once).
+accelerator, launched with torchrun as users launch it (tests/distributed/deepspeed_train_worker.py runs every case
+once).
 
 ZeRO on one process still partitions (ZeRO-3: every weight, the chain's included, is an empty placeholder outside
 DeepSpeed's gathers), flattens and steps the optimizer state, and saves DeepSpeed's own checkpoints; it does not
@@ -25,12 +26,12 @@ import safetensors.torch
 import torch
 import transformers
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import torchrun
+from helpers import WORKERS, torchrun
 
 pytestmark = pytest.mark.slow
 NO_DEEPSPEED = "deepspeed is not installed (pip install --no-build-isolation deepspeed; scripts/setup.sh does)"
 
-WORKER = os.path.join(os.path.dirname(__file__), "deepspeed_train_worker.py")
+WORKER = str(WORKERS / "deepspeed_train_worker.py")
 ACCELERATE_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "accelerate")
 STAGES = (2, 3)
 FAMILIES = {

@@ -6,12 +6,11 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "docs_tables.py"
+SCRIPT = REPO / "scripts" / "docs_tables.py"
 
 
 def docs_tables():
@@ -56,6 +55,6 @@ def test_write_regenerates_a_stale_table_and_check_reports_it(tmp_path, monkeypa
 
 def test_the_command_in_the_failure_message_runs():
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr

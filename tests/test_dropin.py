@@ -6,15 +6,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 
 import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import DECODER, HIDDEN, MODERNBERT, TEXT, no_dropout, text_dataset, tiny_bert, tiny_model, torchrun
 from datasets import Dataset
+from helpers import (
+    DECODER,
+    HIDDEN,
+    MODERNBERT,
+    TEXT,
+    WORKERS,
+    no_dropout,
+    text_dataset,
+    tiny_bert,
+    tiny_model,
+    torchrun,
+    training_args,
+)
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments, spg_config
@@ -49,7 +60,7 @@ ZAMBA2 = dict(
     use_cache=False,
 )
 
-DDP_WORKER = os.path.join(os.path.dirname(__file__), "ddp_item_count_worker.py")
+DDP_WORKER = str(WORKERS / "ddp_item_count_worker.py")
 MICRO_BATCH = 2
 ACCUMULATION = 4
 LENGTH = 10
@@ -88,25 +99,18 @@ def token_dataset(name: str, size: int = 16, balanced: bool = False) -> Dataset:
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
 
 
-def run_arguments(args_class: type, output_dir: str, **overrides) -> TrainingArguments:
-    settings = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=MICRO_BATCH,
-        gradient_accumulation_steps=ACCUMULATION,
-        max_steps=2,
-        # SGD without clipping: the update is the gradient, so a gradient off by a factor shows in the weights.
-        optim="sgd",
-        learning_rate=0.5,
-        max_grad_norm=0.0,
-        train_sampling_strategy="sequential",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    return args_class(**{**settings, **overrides})
+# Over SHORT_RUN: accumulation steps over micro-batches in order, and SGD without clipping: the update is the
+# gradient, so a gradient off by a factor shows in the weights.
+ACCUMULATION_RUN = dict(
+    per_device_train_batch_size=MICRO_BATCH,
+    gradient_accumulation_steps=ACCUMULATION,
+    max_steps=2,
+    optim="sgd",
+    learning_rate=0.5,
+    max_grad_norm=0.0,
+    train_sampling_strategy="sequential",
+    seed=0,
+)
 
 
 @dataclasses.dataclass
@@ -133,9 +137,12 @@ def train_run(tmp_path_factory):
         output_dir = str(tmp_path_factory.mktemp(f"{trainer}_{name}"))
         sizes = dict(per_device_train_batch_size=micro_batch, gradient_accumulation_steps=accumulation)
         if trainer == "stock":
-            trainer_class, args = Trainer, run_arguments(TrainingArguments, output_dir, **sizes)
+            trainer_class, args = (
+                Trainer,
+                training_args(output_dir, ACCUMULATION_RUN, sizes, args_class=TrainingArguments),
+            )
         else:
-            args = run_arguments(SPGTrainingArguments, output_dir, spg_enabled=False, **sizes)
+            args = training_args(output_dir, ACCUMULATION_RUN, sizes, spg_enabled=False)
             trainer_class = SPGTrainer
         trainer_object = trainer_class(model=model, args=args, train_dataset=token_dataset(name, balanced=balanced))
         trainer_object.train()
@@ -223,7 +230,7 @@ def train_weights(
 ) -> dict[str, torch.Tensor]:
     """The model's weights after 2 SGD steps of SPGTrainer."""
     sizes = dict(per_device_train_batch_size=micro_batch, gradient_accumulation_steps=accumulation)
-    args = run_arguments(SPGTrainingArguments, output_dir, **sizes, **settings)
+    args = training_args(output_dir, ACCUMULATION_RUN, sizes, settings)
     SPGTrainer(model=model, args=args, train_dataset=dataset, **trainer_kwargs).train()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -261,7 +268,7 @@ def spg_causal_lm_case() -> tuple:
 
 
 # Cases whose accumulated update must equal one large batch's; the first two also across processes
-# (tests/ddp_item_count_worker.py).
+# (tests/distributed/ddp_item_count_worker.py).
 ACCUMULATION_CASES = {
     "counting_loss_func": counting_loss_func_case,
     "causal_lm": causal_lm_case,
@@ -336,32 +343,17 @@ def test_loss_settings_spg_cannot_honour_are_refused(tmp_path):
 # ---- arguments: a plain TrainingArguments, and none ----
 
 
-def user_settings(output_dir: str) -> dict:
-    # Values that __post_init__ rewrites (a debug string made a list, report_to "none" made [], eval_steps taken from
-    # logging_steps, strategy strings made enums, a boolean made "all") next to plain values.
-    return dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        max_steps=3,
-        logging_steps=1,
-        eval_strategy="steps",
-        debug="underflow_overflow",
-        include_num_input_tokens_seen=True,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=5,
-        disable_tqdm=True,
-    )
+# Over SHORT_RUN: values that __post_init__ rewrites (a debug string made a list, report_to "none" made [], eval_steps
+# taken from logging_steps, strategy strings made enums, a boolean made "all") next to plain values.
+USER_SETTINGS = dict(eval_strategy="steps", debug="underflow_overflow", include_num_input_tokens_seen=True, seed=5)
 
 
 def test_plain_training_arguments_are_converted_and_train_alike(tmp_path, caplog):
     output_dir = str(tmp_path / "out")
-    plain = TrainingArguments(**user_settings(output_dir))
+    plain = training_args(output_dir, USER_SETTINGS, args_class=TrainingArguments)
     # The same settings given to SPGTrainingArguments directly: __post_init__ runs once there, twice in a conversion.
     # (Built before any trainer: building arguments resets accelerate's state under existing trainers.)
-    direct = SPGTrainingArguments(**user_settings(output_dir))
+    direct = training_args(output_dir, USER_SETTINGS)
     with caplog.at_level(logging.INFO, logger=spg_config.__name__):
         converted_trainer = SPGTrainer(
             model=tiny_bert(seed=2), args=plain, train_dataset=text_dataset(), eval_dataset=text_dataset(size=8)

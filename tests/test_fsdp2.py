@@ -1,5 +1,6 @@
 """SPGTrainer on transformers' native FSDP2 (DTensor parameters sharded at load time), 2 CPU processes on gloo,
-launched with torchrun (tests/fsdp2_train_worker.py): the way HF_INTEGRATION-style FSDP2 runs without a GPU."""
+launched with torchrun (tests/distributed/fsdp2_train_worker.py): the way HF_INTEGRATION-style FSDP2 runs without a
+GPU."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import os
 
 import pytest
 import safetensors.torch
-from conftest import tiny_model, torchrun
+from helpers import WORKERS, tiny_model, torchrun
 
-WORKER = os.path.join(os.path.dirname(__file__), "fsdp2_train_worker.py")
+WORKER = str(WORKERS / "fsdp2_train_worker.py")
 MODELS = {"bert": "BertForSequenceClassification", "llama": "LlamaForCausalLM"}
 
 

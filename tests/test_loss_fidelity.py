@@ -10,13 +10,13 @@ import math
 
 import pytest
 import torch
-from conftest import SHORT_RUN, TINY_CONFIGS, losses, qa_dataset, text_dataset, tiny_model, token_dataset
+from helpers import TINY_CONFIGS, losses, qa_dataset, text_dataset, tiny_model, token_dataset, train_each, training_args
 from test_core_integrations import ChainWatcher, assert_chain_trained
 from test_heads import ONE_CLASS_PER_FAMILY, build, train_dataset
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.objectives import OBJECTIVES
 from spg_hf.spg import ChainTerms, TRPChain, spg_loss, token_level_terms
 
@@ -50,17 +50,18 @@ def test_base_term_is_trainers_loss_with_label_smoothing(tmp_path, family):
     class_name, overrides = ONE_MODEL_PER_FAMILY[family]
     if "layerdrop" in TINY_CONFIGS[class_name][0]().to_dict():
         overrides = overrides | {"layerdrop": 0.0}  # LayerDrop draws at random whatever the dropout modules say
-    settings = SHORT_RUN | dict(max_steps=1, label_smoothing_factor=0.1)
-    first_losses = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **settings)),
-        (SPGTrainer, SPGTrainingArguments(str(tmp_path / "spg"), spg_weights=[0.0], spg_dropout=0.0, **settings)),
-    ):
+    settings = dict(max_steps=1, label_smoothing_factor=0.1)
+
+    def build_run() -> dict:
         model = without_dropout(build(class_name, **overrides))
-        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset(model))
-        trainer.train()
-        first_losses.append(losses(trainer)[0])
-    assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-6)
+        return dict(model=model, train_dataset=train_dataset(model))
+
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", settings, args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", settings, spg_weights=[0.0], spg_dropout=0.0)),
+    ]
+    plain, spg = train_each(runs, build_run)
+    assert losses(spg)[0] == pytest.approx(losses(plain)[0], rel=1e-6)
 
 
 # ---- precision: the model's dtype, Trainer's autocast ----
@@ -106,7 +107,7 @@ def test_chain_runs_in_the_models_precision(tmp_path, class_name, head_module, w
     probe = PrecisionProbe(head_module)
     trainer = SPGTrainer(
         model=model,
-        args=SPGTrainingArguments(str(tmp_path), bf16=bf16, spg_activation="none", **SHORT_RUN),
+        args=training_args(str(tmp_path), bf16=bf16, spg_activation="none"),
         train_dataset=train_dataset(model),
         callbacks=[probe],
     )
@@ -142,7 +143,7 @@ def test_ignored_example_labels_train(output_dir):
         lambda row, index: {"labels": -100 if index % 3 == 0 else row["labels"]}, with_indices=True
     )
     model = tiny_model("BertForSequenceClassification", num_labels=3)
-    trainer = SPGTrainer(model=model, args=SPGTrainingArguments(output_dir, **SHORT_RUN), train_dataset=dataset)
+    trainer = SPGTrainer(model=model, args=training_args(output_dir), train_dataset=dataset)
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
@@ -190,7 +191,7 @@ def test_trainer_hands_its_label_smoothing_to_the_module_terms(output_dir, class
             run = trainer._spg_run
             seen.append(run.objective.label_smoothing(run.label_smoothing))
 
-    args = SPGTrainingArguments(output_dir=output_dir, label_smoothing_factor=EPSILON, **SHORT_RUN)
+    args = training_args(output_dir, label_smoothing_factor=EPSILON)
     trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset(), callbacks=[Watch()])
     trainer.train()
     assert seen == [applied] * 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import text_dataset, tiny_bert
+from helpers import text_dataset, tiny_bert
 from huggingface_hub import ModelCard
 
 from spg_hf import SPGTrainer, SPGTrainingArguments

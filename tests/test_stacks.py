@@ -8,23 +8,25 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from conftest import (
-    SHORT_RUN,
+from datasets import Dataset
+from helpers import (
     T5,
     TINY_CONFIGS,
     TRAINS_AS_TRAINER,
+    assert_saved_without_the_chain,
     assert_trained_alike,
     losses,
     no_dropout,
     text_dataset,
     tiny_model,
     token_dataset,
+    train_each,
+    training_args,
 )
-from datasets import Dataset
 from peft import IA3Config, LoHaConfig, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from spg_hf import SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, SPGTrainer
 
 # ---- PEFT ----
 
@@ -61,7 +63,7 @@ def predictions(model: torch.nn.Module, dataset: Dataset) -> torch.Tensor:
 def test_lora_trains_with_spg_and_saves_an_adapter_folder(tmp_path, task):
     dataset = LORA_TASKS[task][3]()
     model = lora_model(task)
-    args = SPGTrainingArguments(output_dir=str(tmp_path / "run"), **SHORT_RUN)
+    args = training_args(str(tmp_path / "run"))
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -99,30 +101,28 @@ PEFT_MODELS = {
 def test_peft_with_spg_off_or_zero_weights_equals_trainer(tmp_path, adapter, setting):
     model_factory, dataset_factory = PEFT_MODELS[adapter]
     dataset = dataset_factory()
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), **TRAINS_AS_TRAINER[setting], **SHORT_RUN)),
-    ):
+
+    def build_run() -> dict:
         torch.manual_seed(0)
-        trainer = trainer_class(model=model_factory(), args=args, train_dataset=dataset)
-        trainer.train()
-        runs.append(trainer)
-    assert_trained_alike(*runs)
+        return dict(model=model_factory(), train_dataset=dataset)
+
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", TRAINS_AS_TRAINER[setting])),
+    ]
+    assert_trained_alike(*train_each(runs, build_run))
 
 
 def test_lora_resume_restores_the_chain(tmp_path):
     dataset = token_dataset(task="causal_lm")
-    args = dict(SHORT_RUN, max_steps=4, save_steps=2, save_strategy="steps")
+    checkpointing = dict(max_steps=4, save_steps=2, save_strategy="steps")
     full = SPGTrainer(
-        model=lora_model("causal LM"), args=SPGTrainingArguments(output_dir=str(tmp_path / "a"), **args),
-        train_dataset=dataset,
-    )  # fmt: skip
+        model=lora_model("causal LM"), args=training_args(tmp_path / "a", checkpointing), train_dataset=dataset
+    )
     full.train()
     resumed = SPGTrainer(
-        model=lora_model("causal LM"), args=SPGTrainingArguments(output_dir=str(tmp_path / "a"), **args),
-        train_dataset=dataset,
-    )  # fmt: skip
+        model=lora_model("causal LM"), args=training_args(tmp_path / "a", checkpointing), train_dataset=dataset
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert losses(resumed)[-2:] == pytest.approx(losses(full)[-2:], rel=1e-5)
 
@@ -163,8 +163,11 @@ def exact_match(prediction: transformers.EvalPrediction) -> dict[str, float]:
 @pytest.mark.parametrize("class_name", sorted(SEQ2SEQ))
 def test_seq2seq_trains_with_spg_and_evaluates_with_generate(tmp_path, class_name):
     model = seq2seq_model(class_name)
-    args = SPGSeq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "run"), predict_with_generate=True, generation_max_length=6, **SHORT_RUN
+    args = training_args(
+        str(tmp_path / "run"),
+        args_class=SPGSeq2SeqTrainingArguments,
+        predict_with_generate=True,
+        generation_max_length=6,
     )
     dataset = seq2seq_dataset()
     trainer = SPGSeq2SeqTrainer(
@@ -176,26 +179,21 @@ def test_seq2seq_trains_with_spg_and_evaluates_with_generate(tmp_path, class_nam
     assert trainer._spg_settings_applied == {"spg_normalize": "batch"}  # the token-level default
     metrics = trainer.evaluate()
     assert metrics["eval_generated_tokens"] > 0 and "eval_loss" in metrics  # generate() ran
-    trainer.save_model(str(tmp_path / "saved"))
-    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
-    assert not [name for name in saved if "spg" in name]
-    _, info = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_saved_without_the_chain(trainer, tmp_path / "saved", transformers.AutoModelForSeq2SeqLM)
 
 
 @pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
 @pytest.mark.parametrize("class_name", sorted(SEQ2SEQ))
 def test_seq2seq_with_spg_off_or_zero_weights_equals_seq2seq_trainer(tmp_path, class_name, setting):
-    runs = []
-    for trainer_class, args_class, extra in (
-        (Seq2SeqTrainer, Seq2SeqTrainingArguments, {}),
-        (SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, TRAINS_AS_TRAINER[setting]),
-    ):
-        args = args_class(output_dir=str(tmp_path / trainer_class.__name__), **SHORT_RUN, **extra)
-        trainer = trainer_class(model=seq2seq_model(class_name), args=args, train_dataset=seq2seq_dataset())
-        trainer.train()
-        runs.append(trainer)
-    assert_trained_alike(*runs)
+    runs = [
+        (Seq2SeqTrainer, training_args(tmp_path / "plain", args_class=Seq2SeqTrainingArguments)),
+        (
+            SPGSeq2SeqTrainer,
+            training_args(tmp_path / "spg", TRAINS_AS_TRAINER[setting], args_class=SPGSeq2SeqTrainingArguments),
+        ),
+    ]
+    trainers = train_each(runs, lambda: dict(model=seq2seq_model(class_name), train_dataset=seq2seq_dataset()))
+    assert_trained_alike(*trainers)
 
 
 def test_spg_trainer_names_the_trainer_for_seq2seq_arguments(tmp_path):
@@ -217,22 +215,12 @@ def test_spg_normalize_defaults_by_task_unless_set(tmp_path):
         ("LlamaForCausalLM", token_dataset(task="causal_lm"), "survivors", "survivors"),
     ]
     for class_name, dataset, setting, applied in cases:
-        args = SPGTrainingArguments(output_dir=str(tmp_path / class_name), spg_normalize=setting, **SHORT_RUN)
+        args = training_args(str(tmp_path / class_name), spg_normalize=setting)
         trainer = SPGTrainer(model=tiny_model(class_name), args=args, train_dataset=dataset)
         trainer.train()
         assert trainer._spg_settings_applied == {"spg_normalize": applied}, class_name
         trainer.create_model_card()
         assert f"- spg_normalize: {applied}" in (tmp_path / class_name / "README.md").read_text()
-
-
-def test_a_missing_checkpoint_keeps_trainers_message(tmp_path):
-    trainer = SPGTrainer(
-        model=tiny_model("BertForSequenceClassification"),
-        args=SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN),
-        train_dataset=text_dataset(),
-    )
-    with pytest.raises(ValueError, match=f"Can't find a valid checkpoint at {tmp_path}/nowhere"):
-        trainer.train(resume_from_checkpoint=str(tmp_path / "nowhere"))
 
 
 OTHER_ADAPTERS = {
@@ -251,7 +239,7 @@ OTHER_ADAPTERS = {
 def test_other_peft_adapters_train_with_spg(tmp_path, adapter):
     class_name, dataset, config = OTHER_ADAPTERS[adapter]
     model = get_peft_model(tiny_model(class_name, **no_dropout()), config())
-    args = SPGTrainingArguments(output_dir=str(tmp_path / "run"), **SHORT_RUN)
+    args = training_args(str(tmp_path / "run"))
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset())
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]

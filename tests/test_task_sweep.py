@@ -23,6 +23,7 @@ import pytest
 import torch
 import transformers
 from generic_tiny import FIRST_TOKEN, IMAGE_SIZE, SPECIAL_TOKENS, VOCABULARY, generic_tiny_model, sweeping
+from helpers import training_args
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from transformers.models.auto import modeling_auto
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
@@ -202,16 +203,6 @@ class Outcome:
 
 
 def _trainer(task: str, model: transformers.PreTrainedModel, dataset: list, spg: bool, output_dir: str) -> Trainer:
-    settings = dict(
-        output_dir=output_dir,
-        per_device_train_batch_size=EXAMPLES,
-        max_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
     trainers = {
         (False, False): (Trainer, TrainingArguments),
         (False, True): (Seq2SeqTrainer, Seq2SeqTrainingArguments),
@@ -219,7 +210,11 @@ def _trainer(task: str, model: transformers.PreTrainedModel, dataset: list, spg:
         (True, True): (SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments),
     }
     trainer_class, args_class = trainers[spg, task == "seq2seq LM"]
-    trainer = trainer_class(model=model, args=args_class(**settings), train_dataset=dataset)
+    # One step over the whole batch at Trainer's default rate.
+    args = training_args(
+        output_dir, args_class=args_class, per_device_train_batch_size=EXAMPLES, max_steps=1, learning_rate=5e-5
+    )
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset)
     trainer.remove_callback(PrinterCallback)  # the logs are read from the state, not printed
     return trainer
 

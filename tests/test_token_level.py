@@ -11,22 +11,17 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHORT_RUN, no_dropout, tiny_model, token_dataset
+from helpers import no_dropout, tiny_model, token_dataset, training_args
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.spg import SURVIVOR_EPS
 from spg_hf.trainer import overrides
 
 WEIGHTS = [0.4, 0.2, 0.1]
 
 
-def training_args(output_dir: str, **overrides) -> SPGTrainingArguments:
-    settings = SHORT_RUN | dict(
-        spg_weights=WEIGHTS,
-        spg_dropout=0.0,
-        spg_activation="none",
-    )
-    return SPGTrainingArguments(output_dir=output_dir, **(settings | overrides))
+# Over SHORT_RUN: the paper's chain without dropout, at WEIGHTS, so the loss can be recomputed by hand.
+SETTINGS = dict(spg_weights=WEIGHTS, spg_dropout=0.0, spg_activation="none")
 
 
 def hand_loss(model, chain, inputs: dict, targets: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -66,7 +61,7 @@ def test_loss_matches_hand_computation(output_dir, class_name, normalize):
     targets[0, 3:6] = -100
     # The model's loss pairs logits at p with labels[p + 1]: labels are the targets shifted right.
     labels = torch.cat([torch.full((4, 1), -100), targets[:, :-1]], dim=1) if causal else targets
-    trainer = SPGTrainer(model=model, args=training_args(output_dir, spg_normalize=normalize))
+    trainer = SPGTrainer(model=model, args=training_args(output_dir, SETTINGS, spg_normalize=normalize))
     trainer._hp_search_setup(None)  # attaches the chain as train() does
     chain = model.spg_chain
     with torch.no_grad():
@@ -84,7 +79,9 @@ def test_loss_matches_hand_computation(output_dir, class_name, normalize):
 def test_tied_embeddings_stay_tied(output_dir, class_name):
     model = tiny_model(class_name)
     trainer = SPGTrainer(
-        model=model, args=training_args(output_dir, learning_rate=1e-2), train_dataset=token_dataset(task="masked_lm")
+        model=model,
+        args=training_args(output_dir, SETTINGS, learning_rate=1e-2),
+        train_dataset=token_dataset(task="masked_lm"),
     )
     trainer.train()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -96,7 +93,7 @@ def test_few_surviving_tokens_warn_once_under_survivors_normalisation(output_dir
     # A random language model predicts about 1 in 99 tokens right: far below LOW_TOKEN_SURVIVAL.
     trainer = SPGTrainer(
         model=tiny_model("LlamaForCausalLM"),
-        args=training_args(output_dir, spg_normalize=normalize),
+        args=training_args(output_dir, SETTINGS, spg_normalize=normalize),
         train_dataset=token_dataset(task="causal_lm"),
     )
     with caplog.at_level(logging.WARNING, logger=overrides.__name__):

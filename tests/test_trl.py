@@ -5,11 +5,17 @@ own metrics stay; no trajectory crosses a packed sequence's boundary."""
 from __future__ import annotations
 
 import pytest
-import safetensors.torch
 import torch
 import transformers
-from conftest import DECODER, TRAINS_AS_TRAINER, assert_trained_alike
 from datasets import Dataset
+from helpers import (
+    DECODER,
+    TRAINS_AS_TRAINER,
+    assert_saved_without_the_chain,
+    assert_trained_alike,
+    train_each,
+    training_args,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from trl import SFTConfig, SFTTrainer
@@ -53,21 +59,13 @@ DATASETS = {
         {"messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": c}] for p, c in sentences()]}
     ),
 }
-RUN = dict(
-    per_device_train_batch_size=4,
-    learning_rate=3e-3,
-    max_steps=3,
-    logging_steps=1,
-    report_to="none",
-    max_length=48,
-    use_cpu=True,
-    bf16=False,
-)
+# Over SHORT_RUN: a higher rate, sequences cut at 48 tokens, and float32 (SFTConfig's default is bf16 where it can).
+RUN = dict(learning_rate=3e-3, max_length=48, bf16=False)
 
 
 @pytest.mark.parametrize(("kind", "packing"), [(kind, False) for kind in DATASETS] + [("plain text", True)])
 def test_sft_trains_with_spg_and_keeps_trls_metrics(tmp_path, kind, packing):
-    args = SPGSFTConfig(output_dir=str(tmp_path / "run"), packing=packing, **RUN)
+    args = training_args(tmp_path / "run", RUN, args_class=SPGSFTConfig, packing=packing)
     trainer = SPGSFTTrainer(
         model=causal_lm(), args=args, train_dataset=DATASETS[kind](), processing_class=char_tokenizer()
     )
@@ -76,33 +74,25 @@ def test_sft_trains_with_spg_and_keeps_trls_metrics(tmp_path, kind, packing):
     assert len(logs) == 3 and all(0.0 <= log["spg/survival_1"] <= 1.0 for log in logs)
     assert all("mean_token_accuracy" in log and "entropy" in log for log in logs)
     assert trainer._spg_settings_applied == {"spg_normalize": "batch"}
-    trainer.save_model(str(tmp_path / "saved"))
-    saved = safetensors.torch.load_file(str(tmp_path / "saved" / "model.safetensors"))
-    assert not [name for name in saved if "spg" in name]
-    _, info = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"), output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_saved_without_the_chain(trainer, tmp_path / "saved", transformers.AutoModelForCausalLM)
 
 
 @pytest.mark.parametrize("setting", sorted(TRAINS_AS_TRAINER))
 @pytest.mark.parametrize("kind", ["prompt-completion", "conversational"])
 def test_sft_with_spg_off_or_zero_weights_equals_sft_trainer(tmp_path, kind, setting):
-    runs = []
-    for trainer_class, config_class, extra in (
-        (SFTTrainer, SFTConfig, {}),
-        (SPGSFTTrainer, SPGSFTConfig, TRAINS_AS_TRAINER[setting]),
-    ):
-        args = config_class(output_dir=str(tmp_path / trainer_class.__name__), **RUN, **extra)
-        trainer = trainer_class(
-            model=causal_lm(), args=args, train_dataset=DATASETS[kind](), processing_class=char_tokenizer()
-        )
-        trainer.train()
-        runs.append(trainer)
-    assert_trained_alike(*runs)
+    runs = [
+        (SFTTrainer, training_args(tmp_path / "plain", RUN, args_class=SFTConfig)),
+        (SPGSFTTrainer, training_args(tmp_path / "spg", RUN, TRAINS_AS_TRAINER[setting], args_class=SPGSFTConfig)),
+    ]
+    trainers = train_each(
+        runs, lambda: dict(model=causal_lm(), train_dataset=DATASETS[kind](), processing_class=char_tokenizer())
+    )
+    assert_trained_alike(*trainers)
 
 
 def test_sft_trains_the_chain_on_trajectories_that_the_model_gets_right(tmp_path):
     """Trained long enough to predict, SPG's module 1 sees survivors, and its terms move the loss off the plain one."""
-    args = SPGSFTConfig(output_dir=str(tmp_path / "run"), **dict(RUN, max_steps=12))
+    args = training_args(tmp_path / "run", RUN, args_class=SPGSFTConfig, max_steps=12)
     trainer = SPGSFTTrainer(
         model=causal_lm(), args=args, train_dataset=DATASETS["plain text"](), processing_class=char_tokenizer()
     )

@@ -8,6 +8,7 @@ The loss check that refuses what cannot be proven is tested at the end."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -15,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import (
+from datasets import Dataset
+from helpers import (
     DECODER,
-    SHORT_RUN,
     TINY_CONFIGS,
     TRAINS_AS_TRAINER,
     assert_trained_alike,
@@ -26,19 +27,19 @@ from conftest import (
     text_dataset,
     tiny_model,
     token_dataset,
+    train_each,
+    training_args,
 )
-from datasets import Dataset
 from own_models import Segmenter, TextClassifier, TinyFCN
 from peft import PromptTuningConfig, get_peft_model
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 
-# One step over the whole dataset with nothing moving: module 1 (dropout 0, zero weights) is the model's own
-# prediction, so its logged term and survival can be recomputed from the model's outputs.
+# Over SHORT_RUN: one step over the whole dataset with nothing moving: module 1 (dropout 0, zero weights) is the
+# model's own prediction, so its logged term and survival can be recomputed from the model's outputs.
 STILL = dict(
-    SHORT_RUN,
     per_device_train_batch_size=8,
     max_steps=1,
     learning_rate=0.0,
@@ -79,6 +80,16 @@ class ColumnRegressor(TextClassifier):
         return {"loss": None if labels is None else F.mse_loss(prediction, labels), "logits": prediction}
 
 
+# At rate 0 for 4 steps: BatchNorm's running statistics are all that moves.
+STILL_FCN = dict(learning_rate=0.0, max_steps=4)
+
+
+def fcn_run(auxiliary: bool = False) -> dict:
+    """The look-alike FCN (seed 0) and its segmentation images, for a trainer."""
+    torch.manual_seed(0)
+    return dict(model=Segmenter(TinyFCN(num_classes=3, auxiliary=auxiliary)), train_dataset=segmentation_dataset())
+
+
 def column_regression_dataset(size: int = 8) -> Dataset:
     dataset = text_dataset(size=size, regression=True)
     return Dataset.from_dict({"input_ids": dataset["input_ids"], "labels": [[value] for value in dataset["labels"]]})
@@ -88,7 +99,7 @@ def test_own_column_regression_head_is_scored_as_regression(tmp_path):
     torch.manual_seed(0)
     model = ColumnRegressor()
     dataset = column_regression_dataset()
-    args = SPGTrainingArguments(output_dir=str(tmp_path), spg_head="head", spg_regression_tolerance=100.0, **STILL)
+    args = training_args(tmp_path, STILL, spg_head="head", spg_regression_tolerance=100.0)
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     with torch.no_grad():
@@ -102,18 +113,11 @@ def test_own_column_regression_head_is_scored_as_regression(tmp_path):
 
 
 def test_chain_passes_leave_batchnorm_statistics_as_trainer_leaves_them(tmp_path):
-    runs = []
-    for trainer_class, args_class, extra in (
-        (Trainer, TrainingArguments, {}),
-        (SPGTrainer, SPGTrainingArguments, {"spg_head": "net.classifier"}),
-    ):
-        torch.manual_seed(0)
-        model = Segmenter(TinyFCN(num_classes=3))
-        args = args_class(output_dir=str(tmp_path / trainer_class.__name__), **SHORT_RUN, **extra)
-        args.learning_rate, args.max_steps = 0.0, 4
-        trainer = trainer_class(model=model, args=args, train_dataset=segmentation_dataset())
-        trainer.train()
-        runs.append(trainer)
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", STILL_FCN, args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", STILL_FCN, spg_head="net.classifier")),
+    ]
+    runs = train_each(runs, fcn_run)
     assert any("spg/survival_1" in log for log in runs[1].state.log_history)
     assert_same_state(runs[0].model, runs[1].model)
 
@@ -128,7 +132,7 @@ def test_prompt_tuning_last_token_classifier_chain_reads_the_pooled_token(tmp_pa
         PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
     )
     dataset = text_dataset(size=8)
-    args = SPGTrainingArguments(output_dir=str(tmp_path), **STILL)
+    args = training_args(tmp_path, STILL)
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     model.eval()
@@ -152,7 +156,7 @@ def test_xlnet_lm_head_is_scored_on_its_unshifted_labels(tmp_path):
         transformers.XLNetConfig(vocab_size=99, d_model=32, n_layer=1, n_head=2, d_inner=64, dropout=0.0)
     )
     dataset = token_dataset(size=8, task="causal_lm")
-    args = SPGTrainingArguments(output_dir=str(tmp_path), **STILL)
+    args = training_args(tmp_path, STILL)
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
     model.eval()
@@ -183,10 +187,9 @@ def segmentation_loss(outputs, labels, num_items_in_batch=None):
 def test_auxiliary_chain_trains_with_compute_loss_func(tmp_path):
     torch.manual_seed(0)
     model = SegmenterWithAuxiliaryLogits(TinyFCN(num_classes=3, auxiliary=True))
-    args = SPGTrainingArguments(
-        output_dir=str(tmp_path), spg_head="net.classifier", spg_auxiliary_head="net.aux_classifier",
-        spg_auxiliary_weight=0.5, **SHORT_RUN,
-    )  # fmt: skip
+    args = training_args(
+        str(tmp_path), spg_head="net.classifier", spg_auxiliary_head="net.aux_classifier", spg_auxiliary_weight=0.5
+    )
     trainer = SPGTrainer(
         model=model, args=args, train_dataset=segmentation_dataset(), compute_loss_func=segmentation_loss
     )
@@ -207,7 +210,7 @@ def test_sft_with_prompt_tuning_trains(tmp_path):
     model = get_peft_model(causal_lm(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     trainer = SPGSFTTrainer(
         model=model,
-        args=SPGSFTConfig(output_dir=str(tmp_path), **RUN),
+        args=training_args(tmp_path, RUN, args_class=SPGSFTConfig),
         train_dataset=DATASETS["prompt-completion"](),
         processing_class=tokenizer,
     )
@@ -220,15 +223,14 @@ def test_sft_with_prompt_tuning_trains(tmp_path):
 
 
 def test_zero_weights_train_exactly_as_trainer(tmp_path):
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (SPGTrainer, SPGTrainingArguments(output_dir=str(tmp_path / "spg"), spg_weights=[0.0] * 3, **SHORT_RUN)),
-    ):
-        model = tiny_model("BertForSequenceClassification")  # dropout 0.1: the chain's draws must not shift it
-        trainer = trainer_class(model=model, args=args, train_dataset=text_dataset())
-        trainer.train()
-        runs.append(trainer)
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", spg_weights=[0.0] * 3)),
+    ]
+    # Dropout 0.1: the chain's draws must not shift it.
+    runs = train_each(
+        runs, lambda: dict(model=tiny_model("BertForSequenceClassification"), train_dataset=text_dataset())
+    )
     assert len(losses(runs[0])) == 3 and losses(runs[0]) == losses(runs[1])
     assert_same_state(runs[0].model, runs[1].model)
 
@@ -240,9 +242,7 @@ def test_opt_classifier_with_a_projection_trains(tmp_path):
     model = transformers.OPTForSequenceClassification(
         transformers.OPTConfig(**dict(DECODER, ffn_dim=64, word_embed_proj_dim=16), num_labels=3)
     )
-    trainer = SPGTrainer(
-        model=model, args=SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN), train_dataset=text_dataset()
-    )
+    trainer = SPGTrainer(model=model, args=training_args(str(tmp_path)), train_dataset=text_dataset())
     trainer.train()
     assert all(0.0 <= log["spg/survival_1"] <= 1.0 for log in trainer.state.log_history if "loss" in log)
 
@@ -250,37 +250,31 @@ def test_opt_classifier_with_a_projection_trains(tmp_path):
 # ---- 9. Trainer's own words for the errors Trainer raises ----
 
 
-def test_resume_true_without_a_checkpoint_keeps_trainers_words(tmp_path):
+@pytest.mark.parametrize(
+    ("resume", "words"),
+    [
+        ("nowhere", "Can't find a valid checkpoint at {}/nowhere"),
+        (True, r"^No valid checkpoint found in output directory \({}\)"),
+    ],
+    ids=["a missing checkpoint", "True without a checkpoint"],
+)
+def test_resume_without_a_checkpoint_keeps_trainers_words(tmp_path, resume, words):
     trainer = SPGTrainer(
         model=tiny_model("BertForSequenceClassification"),
-        args=SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN),
+        args=training_args(str(tmp_path)),
         train_dataset=text_dataset(),
     )
-    with pytest.raises(ValueError, match=rf"^No valid checkpoint found in output directory \({tmp_path}\)"):
-        trainer.train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=words.format(tmp_path)):
+        trainer.train(resume_from_checkpoint=str(tmp_path / resume) if resume is not True else True)
 
 
 def test_zero_weights_with_an_auxiliary_chain_equal_trainer(tmp_path):
-    runs = []
-    for trainer_class, args in (
-        (Trainer, TrainingArguments(output_dir=str(tmp_path / "plain"), **SHORT_RUN)),
-        (
-            SPGTrainer,
-            SPGTrainingArguments(
-                output_dir=str(tmp_path / "spg"),
-                spg_head="net.classifier",
-                spg_auxiliary_head="net.aux_classifier",
-                spg_auxiliary_weight=0.5,
-                **TRAINS_AS_TRAINER["zero weights"],
-                **SHORT_RUN,
-            ),  # fmt: skip
-        ),
-    ):
-        torch.manual_seed(0)
-        model = Segmenter(TinyFCN(num_classes=3, auxiliary=True))
-        trainer = trainer_class(model=model, args=args, train_dataset=segmentation_dataset())
-        trainer.train()
-        runs.append(trainer)
+    auxiliary = dict(spg_head="net.classifier", spg_auxiliary_head="net.aux_classifier", spg_auxiliary_weight=0.5)
+    runs = [
+        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
+        (SPGTrainer, training_args(tmp_path / "spg", TRAINS_AS_TRAINER["zero weights"], auxiliary)),
+    ]
+    runs = train_each(runs, functools.partial(fcn_run, auxiliary=True))
     assert "spg/auxiliary_survival_1" in logged(runs[1])
     assert_trained_alike(*runs)
 
@@ -309,16 +303,16 @@ REFUSED_LOSS = r"the loss Trainer computes is (\d[\d.e-]*), and SPG's objectives
 def test_a_model_loss_spg_does_not_reproduce_is_refused_with_both_numbers(tmp_path):
     config_class, settings = TINY_CONFIGS["BertForSequenceClassification"]
     model = DoubledLossBert(config_class(**settings, num_labels=2))
-    args = SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN)
+    args = training_args(str(tmp_path))
     with pytest.raises(ValueError, match="SPG does not support DoubledLossBert with head family base_pooler") as error:
         SPGTrainer(model=model, args=args, train_dataset=text_dataset())
     own, spg = (float(number) for number in re.search(REFUSED_LOSS, str(error.value)).groups())
     assert own == pytest.approx(2 * spg, rel=1e-4)
-    SPGTrainer(model=model, args=SPGTrainingArguments(output_dir=str(tmp_path), spg_enabled=False, **SHORT_RUN))
+    SPGTrainer(model=model, args=training_args(str(tmp_path), spg_enabled=False))
 
 
 def test_a_compute_loss_func_spg_does_not_reproduce_is_refused(tmp_path):
-    args = SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN)
+    args = training_args(str(tmp_path))
     with pytest.raises(ValueError, match=REFUSED_LOSS):
         SPGTrainer(
             model=tiny_model("BertForSequenceClassification"),
@@ -330,7 +324,7 @@ def test_a_compute_loss_func_spg_does_not_reproduce_is_refused(tmp_path):
 
 def test_the_loss_check_is_skipped_with_a_log_where_the_batch_has_no_labels(tmp_path, caplog):
     dataset = text_dataset().remove_columns("labels")
-    args = SPGTrainingArguments(output_dir=str(tmp_path), **SHORT_RUN)
+    args = training_args(str(tmp_path))
     with caplog.at_level(logging.INFO, logger="spg_hf.trainer.support"):
         SPGTrainer(model=tiny_model("BertForSequenceClassification"), args=args, train_dataset=dataset)
     assert "gives no loss to check base_pooler's objective against" in caplog.text

@@ -24,11 +24,15 @@ import argparse
 import functools
 import json
 import os
+import sys
 from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
 import safetensors.torch
 import torch
-from conftest import greedy_lm_dataset, no_dropout, qa_dataset, text_dataset, tiny_model, token_dataset
+from helpers import greedy_lm_dataset, no_dropout, qa_dataset, text_dataset, tiny_model, token_dataset, training_args
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from spg_hf import SPGTrainer, SPGTrainingArguments
@@ -119,20 +123,14 @@ def train(
     class_name, dataset = FAMILIES[family]
     folder = os.path.join(output_dir, str(stage or "none"))
     arguments_class = SPGTrainingArguments if trainer_class is SPGTrainer else TrainingArguments
-    settings = dict(per_device_train_batch_size=4, save_strategy="no") | settings
-    args = arguments_class(
-        os.path.join(folder, run),
-        use_cpu=True,
+    run_settings = dict(
         max_steps=STEPS,
         learning_rate=1e-2,
-        logging_steps=1,
         save_steps=2,
-        report_to=[],
-        disable_tqdm=True,
         # Under `accelerate launch` with a DeepSpeed config (stage "accelerate") the launcher's environment sets it.
         deepspeed=deepspeed_config(stage) if isinstance(stage, int) else None,
-        **settings,
     )
+    args = training_args(os.path.join(folder, run), run_settings, settings, args_class=arguments_class)
     # Created after the arguments: under ZeRO-3 from_pretrained then partitions the weights as it loads them.
     if from_folder:
         model = AutoModelForSequenceClassification.from_pretrained(from_folder)

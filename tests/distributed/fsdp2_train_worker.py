@@ -12,14 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
 import torch
-from conftest import text_dataset, token_dataset
+from helpers import text_dataset, token_dataset, training_args
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 from transformers.distributed.configuration_utils import DistributedConfig
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.tasks.cli import run_main
 from spg_hf.trainer import CHAIN_ATTRIBUTE
 
@@ -49,18 +53,8 @@ def train(name: str, output_dir: str) -> None:
     model = auto_class.from_pretrained(
         os.path.join(output_dir, name), distributed_config=DistributedConfig(fsdp_size=2)
     )
-    args = SPGTrainingArguments(
-        os.path.join(output_dir, f"{name}_run"),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        save_only_model=True,
-        report_to=[],
-        disable_tqdm=True,
-        spg_activation="none",
+    args = training_args(
+        os.path.join(output_dir, f"{name}_run"), learning_rate=1e-2, save_only_model=True, spg_activation="none"
     )
     record = RecordChain()
     trainer = SPGTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[record])

@@ -12,13 +12,17 @@ import argparse
 import functools
 import json
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
 import safetensors.torch
 import torch
-from conftest import audio_dataset, text_dataset, tiny_model
+from helpers import audio_dataset, text_dataset, tiny_model, training_args
 from transformers import TrainerCallback
 
-from spg_hf import SPGTrainer, SPGTrainingArguments
+from spg_hf import SPGTrainer
 from spg_hf.tasks.cli import run_main
 
 
@@ -52,18 +56,8 @@ def train(name: str, output_dir: str) -> None:
         model = tiny_model("Wav2Vec2ForSequenceClassification", layerdrop=0.5, num_labels=3)
         dataset = audio_dataset()
     rank = int(os.environ["RANK"])
-    args = SPGTrainingArguments(
-        os.path.join(output_dir, name),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        spg_activation="none",  # the paper's form: its chain trains, so the ranks' chain weights can be compared
-    )
+    # The paper's form: its chain trains, so the ranks' chain weights can be compared.
+    args = training_args(os.path.join(output_dir, name), max_steps=4, learning_rate=1e-2, spg_activation="none")
     layer_calls = count_calls(model.base_model.encoder.layer if name == "bert" else model.base_model.encoder.layers)
     path = os.path.join(output_dir, f"{name}_rank{rank}")
     trainer = SPGTrainer(

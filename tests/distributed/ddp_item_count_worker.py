@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
 import safetensors.torch
 from test_dropin import ACCUMULATION, ACCUMULATION_CASES, DDP_CASES, MICRO_BATCH, train_weights

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
 import safetensors.torch
 import transformers.trainer
-from conftest import text_dataset, tiny_bert
+from helpers import text_dataset, tiny_bert, training_args
 from transformers import TrainerCallback, TrainerState
 
 from spg_hf import SPGTrainer
@@ -47,19 +51,17 @@ class FinalWeights(TrainerCallback):
 
 
 def crash_run_trainer(output_dir: str) -> tuple[SPGTrainer, FinalWeights]:
-    args = ScriptTrainingArguments(
-        output_dir=output_dir,
+    args = training_args(
+        output_dir,
+        args_class=ScriptTrainingArguments,
         do_train=True,
         per_device_train_batch_size=8,
-        learning_rate=1e-3,
         max_steps=MAX_STEPS,
+        logging_steps=500,  # Trainer's default: no step logged
         save_strategy="steps",
         save_steps=SAVE_STEPS,
         save_total_limit=1,
-        report_to="none",
-        use_cpu=True,
         seed=7,
-        disable_tqdm=True,
         spg_activation="none",  # the paper's form: its chain trains, so a wrongly restored chain shows
     )
     final_weights = FinalWeights()
