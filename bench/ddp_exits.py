@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Launch the 2-process DDP test worker (tests/ddp_train_worker.py, gloo on CPU) many times and count the launches
-that exit non-zero (issue 14: some used to abort at interpreter exit after a good run).
+"""Launch the 2-process DDP test worker (tests/distributed/ddp_train_worker.py, gloo on CPU) many times and count the
+launches that exit non-zero (issue 14: some used to abort at interpreter exit after a good run).
 
     python bench/ddp_exits.py --launches 50 --output bench/results/ddp_exits.json
 
-Every launch is `torchrun --standalone --nproc_per_node 2 tests/ddp_train_worker.py` in a fresh output folder. A
-launch fails if torchrun exits non-zero; the JSON report keeps the exit status, wall time and, for failures, the
-end of the output. `--worker exit_race` launches tests/exit_race_worker.py instead, the abort's cause made certain,
-ended through spg_hf.tasks.cli.run_main or, with `--plain_exit`, without it.
+Every launch is `torchrun --standalone --nproc_per_node 2 tests/distributed/ddp_train_worker.py` in a fresh output
+folder. A launch fails if torchrun exits non-zero; the JSON report keeps the exit status, wall time and, for failures,
+the end of the output. `--worker exit_race` launches tests/distributed/exit_race_worker.py instead, the abort's cause
+made certain, ended through spg_hf.tasks.cli.run_main or, with `--plain_exit`, without it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKERS = {"ddp_train": REPO / "tests" / "ddp_train_worker.py", "exit_race": REPO / "tests" / "exit_race_worker.py"}
+WORKERS = {name: REPO / "tests" / "distributed" / f"{name}_worker.py" for name in ("ddp_train", "exit_race")}
 ABORT_MESSAGE = "terminate called"
 
 
