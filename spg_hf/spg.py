@@ -2,7 +2,9 @@
 2506.15051).
 
 Module t maps h_{t-1} to h_t = d_t + W_t d_t + b_t with d_t = Dropout_p(h_{t-1}) and W_t, b_t zero-initialised,
-and every h_t goes through the model's own (shared) head. Example i survives to module t while every earlier
+and every h_t goes through the model's own (shared) head. In the block form (Sec. 4.3) module t is instead copies of
+the model's last block applied to d_t, starting as the identity, and h_t goes through what the model applies after
+that block. Example i survives to module t while every earlier
 prediction was correct:
 
     M_0(i) = c_0(i),   M_t(i) = M_{t-1}(i) c_t(i)
@@ -69,6 +71,46 @@ class TRPChain(nn.Module):
         return outputs
 
 
+def block_output(output: Any) -> torch.Tensor:
+    """The hidden state a block returns: itself, or the first element of the tuple HF layers may return."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class BlockModule(nn.Module):
+    """One temporary module of the block form: dropout, then copies of the model's last block, called as the model
+    called that block (its other arguments: attention mask, position embeddings). Copies that their zeroed output
+    projections do not make the identity (a post-norm layer re-normalises its input) are mixed in by a
+    zero-initialised gate, d + g (blocks(d) - d), so the module still starts as the identity."""
+
+    def __init__(self, blocks: list[nn.Module], dropout: float, gated: bool) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(blocks)
+        self.gate = nn.Parameter(torch.zeros(())) if gated else None
+
+    def forward(self, hidden: torch.Tensor, args: tuple = (), kwargs: dict | None = None) -> torch.Tensor:
+        dropped = self.dropout(hidden)
+        out = dropped
+        for block in self.blocks:
+            out = block_output(block(out, *args, **(kwargs or {})))
+        return out if self.gate is None else dropped + self.gate.to(out.dtype) * (out - dropped)
+
+
+class BlockChain(nn.Module):
+    """T block modules in sequence; returns every module's output h_1..h_T (whole sequences or feature maps)."""
+
+    def __init__(self, modules: list[BlockModule]) -> None:
+        super().__init__()
+        self.replicas = nn.ModuleList(modules)
+
+    def forward(self, hidden: torch.Tensor, args: tuple = (), kwargs: dict | None = None) -> list[torch.Tensor]:
+        outputs = []
+        for replica in self.replicas:
+            hidden = replica(hidden, args, kwargs)
+            outputs.append(hidden)
+        return outputs
+
+
 def _position_terms(
     head: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor, targets: torch.Tensor, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,24 +136,64 @@ def token_level_terms(
     head runs in chunks of `chunk` positions (`positions_per_chunk`) under activation checkpointing, so no
     [positions, vocabulary] logits are kept for backward: they are recomputed chunk by chunk.
     """
-    size = targets.numel()
     alive = base_correct.nonzero().squeeze(1)
     hidden = states[alive]
     terms = []
     for replica in chain.replicas:
         hidden = replica(hidden)
-        pieces = [
-            checkpoint(_position_terms, head, states_chunk, chunk_targets, label_smoothing, use_reentrant=False)
-            for states_chunk, chunk_targets in zip(hidden.split(chunk), targets[alive].split(chunk), strict=True)
-        ]
-        # split() yields one empty chunk when no position is alive, so every module still takes part in the graph.
-        alive_losses = torch.cat([losses for losses, _ in pieces])
-        alive_correct = torch.cat([correct for _, correct in pieces])
-        losses = alive_losses.new_zeros(size).index_put((alive,), alive_losses)
-        correct = torch.zeros(size, dtype=torch.bool, device=targets.device).index_put((alive,), alive_correct)
+        losses, correct, alive_correct = _alive_position_terms(head, hidden, targets, alive, chunk, label_smoothing)
         terms.append((losses, correct))
         alive, hidden = alive[alive_correct], hidden[alive_correct]
     return terms
+
+
+def block_token_level_terms(
+    chain: BlockChain,
+    block_call: tuple[torch.Tensor, tuple, dict],
+    read: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    base_correct: torch.Tensor,
+    chunk: int,
+    label_smoothing: float = 0.0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`token_level_terms` for the block form: each module runs on the whole sequence (attention reads every
+    position), `read` maps its output to the states of the labelled positions [N, D] (what the model applies after
+    its last block), and the head runs only on the positions still alive. block_call is the last block's input and
+    the other arguments the model called it with."""
+    hidden, args, kwargs = block_call
+    alive = base_correct.nonzero().squeeze(1)
+    terms = []
+    for replica in chain.replicas:
+        hidden = replica(hidden, args, kwargs)
+        states = read(hidden)[alive]
+        losses, correct, alive_correct = _alive_position_terms(head, states, targets, alive, chunk, label_smoothing)
+        terms.append((losses, correct))
+        alive = alive[alive_correct]
+    return terms
+
+
+def _alive_position_terms(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    alive: torch.Tensor,
+    chunk: int,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE, c) of one module over every labelled position (0 and False where not alive), and c of the alive ones;
+    `states` are the alive positions' states."""
+    size = targets.numel()
+    pieces = [
+        checkpoint(_position_terms, head, states_chunk, chunk_targets, label_smoothing, use_reentrant=False)
+        for states_chunk, chunk_targets in zip(states.split(chunk), targets[alive].split(chunk), strict=True)
+    ]
+    # split() yields one empty chunk when no position is alive, so every module still takes part in the graph.
+    alive_losses = torch.cat([losses for losses, _ in pieces])
+    alive_correct = torch.cat([correct for _, correct in pieces])
+    losses = alive_losses.new_zeros(size).index_put((alive,), alive_losses)
+    correct = torch.zeros(size, dtype=torch.bool, device=targets.device).index_put((alive,), alive_correct)
+    return losses, correct, alive_correct
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+SPG_MODULE_CHOICES = ("linear", "block")
 SPG_ATTACH_CHOICES = ("tokens", "pooled")
 SPG_ACTIVATION_CHOICES = ("none", "relu")
 SPG_NORMALIZE_CHOICES = ("survivors", "batch")
@@ -50,6 +51,31 @@ class SPGArguments:
             "(--spg_dropout 0.2 0.1 0.1). Each in [0, 1).",
             "default": DEFAULT_SPG_DROPOUT,
         },
+    )
+    spg_module: str = field(
+        default="linear",
+        metadata={
+            "help": "The kind of temporary module. 'linear' (paper Sec. 4.1-4.2): dropout, then a zero-initialised "
+            "residual linear map on the state the head reads. 'block' (paper Sec. 4.3, 'SPG for NAS'): dropout, then "
+            "copies of the model's last block (a transformer layer, a residual block), their output projections or "
+            "last convolution zeroed so each starts as the identity; the chain runs on the whole sequence or feature "
+            "map after the last block and the model applies what follows it (final norm, pooler, head) to each "
+            "module's output. The paper's modules have no dropout: --spg_dropout 0 for its recipe.",
+            "choices": list(SPG_MODULE_CHOICES),
+        },
+    )
+    spg_block: str | None = field(
+        default=None,
+        metadata={
+            "help": "With spg_module='block': dotted path of the model's last block (e.g. 'net.layer4.1'), copied for "
+            "the temporary modules. Unset: the last module the forward calls that is an item of a list of blocks "
+            "(nn.ModuleList or nn.Sequential) and returns the shape it is given (an HF model's last encoder or "
+            "decoder layer, a ResNet's last residual block)."
+        },
+    )
+    spg_blocks_per_module: int = field(
+        default=1,
+        metadata={"help": "With spg_module='block': copies of the last block in each temporary module (>= 1)."},
     )
     spg_head: str | None = field(
         default=None,
@@ -214,12 +240,23 @@ def validate_spg_settings(args: SPGArguments) -> None:
     if bad_rates:
         raise ValueError(f"spg_dropout rates must lie in [0, 1), got {args.spg_dropout}.")
     for name, choices in (
+        ("spg_module", SPG_MODULE_CHOICES),
         ("spg_attach", SPG_ATTACH_CHOICES),
         ("spg_activation", SPG_ACTIVATION_CHOICES),
         ("spg_normalize", SPG_NORMALIZE_CHOICES),
     ):
         if getattr(args, name) not in choices and not (name == "spg_normalize" and args.spg_normalize is None):
             raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(args, name)!r}.")
+    if args.spg_module != "block" and (args.spg_block or args.spg_blocks_per_module != 1):
+        setting = "spg_block" if args.spg_block else "spg_blocks_per_module"
+        raise ValueError(f"{setting} applies to spg_module='block'; spg_module is {args.spg_module!r}.")
+    if args.spg_blocks_per_module < 1:
+        raise ValueError(f"spg_blocks_per_module must be >= 1, got {args.spg_blocks_per_module}.")
+    if args.spg_module == "block" and args.spg_attach == "pooled":
+        raise ValueError(
+            "spg_attach='pooled' runs the chain on the classifier's input; spg_module='block' runs it after the "
+            "model's last block. Leave spg_attach at 'tokens'."
+        )
     if args.spg_auxiliary_head and not args.spg_head:
         raise ValueError(
             f"spg_auxiliary_head={args.spg_auxiliary_head!r} needs spg_head (the main head): name both, as an HF "

@@ -6,13 +6,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from spg_hf.objectives import TASK_OBJECTIVES, configured_objective
+
+if TYPE_CHECKING:
+    from spg_hf.heads.blocks import BlockSite
 
 HeadFn = Callable[[PreTrainedModel, torch.Tensor, dict[str, Any]], Any]
 
@@ -74,6 +77,8 @@ class HeadFamily:
     classes: int | None = None
     # The model's second head, trained beside this one (`AuxiliaryHead`), found from the model; None: it has none.
     auxiliary: Callable[[nn.Module], AuxiliaryHead | None] | None = None
+    # The block form's site (spg_module='block'), found by the construction check; None: the linear form.
+    block: BlockSite | None = None
 
     def pooled_form(self) -> HeadFamily:
         """The reference code's form: the chain on the classifier's input, the classifier alone as shared head."""

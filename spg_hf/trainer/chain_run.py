@@ -27,8 +27,19 @@ from torch.nn.modules.batchnorm import _NormBase
 from transformers.trainer_utils import unwrap_peft_model
 
 from spg_hf.heads import HeadFamily, register_call_inputs
+from spg_hf.heads.blocks import block_call_arguments, block_copies
 from spg_hf.objectives import IGNORE_INDEX, OBJECTIVES, Objective, aligned
-from spg_hf.spg import ChainTerms, SPGLoss, TRPChain, positions_per_chunk, token_level_terms
+from spg_hf.spg import (
+    BlockChain,
+    BlockModule,
+    ChainTerms,
+    SPGLoss,
+    TRPChain,
+    block_output,
+    block_token_level_terms,
+    positions_per_chunk,
+    token_level_terms,
+)
 from spg_hf.spg_config import SPGArguments
 from spg_hf.trainer.checkpoints import SPG_WEIGHTS_NAME
 
@@ -45,7 +56,7 @@ class HeadChain:
 
     family: HeadFamily
     objective: Objective
-    chain: TRPChain
+    chain: TRPChain | BlockChain
     weight: float
     attribute: str  # the model attribute that holds the chain
     state_prefix: str  # its keys' prefix in spg_modules.safetensors
@@ -132,7 +143,7 @@ class SPGChainRun:
             )
         self.heads: list[HeadChain] = []
         for head_family, weight, attribute, state_prefix, log_prefix in heads:
-            chain = TRPChain(head_family.width(model), args.spg_dropout_rates, args.spg_activation)
+            chain = self._chain(head_family)
             chain.to(device=reference.device, dtype=reference.dtype)
             trained.add_module(attribute, chain)
             objective = OBJECTIVES[head_family.objective or head_family.objective_names(model)[0]]
@@ -152,13 +163,40 @@ class SPGChainRun:
         self.handed_pair = False
         self.positions_per_chunk: int | None = None
         self.call_inputs: dict[str, Any] = {}
+        # The block form's last block call of this step: its output and the other arguments it was called with.
+        self.block_call: tuple[torch.Tensor, tuple, dict[str, Any]] | None = None
         self.handles = [
             register_call_inputs(model, self._on_model_call),
             trained.register_forward_hook(self._on_model_output),
         ]
+        if family.block is not None:
+            block = model.get_submodule(family.block.block)
+            self.handles.append(block.register_forward_hook(self._on_block_output, with_kwargs=True))
         for head in self.heads:
             self.handles.append(head.family.register_capture(model, functools.partial(self._on_capture, head)))
         self.reset_statistics()
+
+    def _chain(self, family: HeadFamily) -> TRPChain | BlockChain:
+        args = self.args
+        if family.block is None:
+            return TRPChain(family.width(self.model), args.spg_dropout_rates, args.spg_activation)
+        modules = [
+            BlockModule(block_copies(self.model, family.block, args.spg_blocks_per_module), rate, family.block.gated)
+            for rate in args.spg_dropout_rates
+        ]
+        return BlockChain(modules)
+
+    def describe_chain(self) -> str:
+        """The chain's form and place, for the first SPG log line."""
+        site = self.family.block
+        if site is None:
+            return f"linear modules on the {self.family.reads}"
+        return (
+            f"modules of {self.args.spg_blocks_per_module} copies of {site.block} after it, "
+            + (f"{', '.join(site.zeroed)} zeroed" if site.zeroed else "nothing zeroed")
+            + (" and a zero gate (zeroing alone is not the identity)" if site.gated else "")
+            + (f", then {', '.join(site.tail)} as the model applies them" if site.tail else "")
+        )
 
     @property
     def auxiliary(self) -> HeadChain | None:
@@ -203,6 +241,10 @@ class SPGChainRun:
         if self.main.armed:
             self.call_inputs = inputs
 
+    def _on_block_output(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.main.armed:
+            self.block_call = (block_output(output), *block_call_arguments(args, kwargs))
+
     def _on_capture(self, head: HeadChain, captured: torch.Tensor, head_prediction: torch.Tensor | None = None) -> None:
         """Runs at a head's capture; `head_prediction` is the head's output where the capture module is the head
         itself (a head named with spg_head, an auxiliary head)."""
@@ -227,9 +269,30 @@ class SPGChainRun:
             if head.objective.token_level:
                 head.result = self._token_level_terms(head, captured, self._predicted_right(head, head_prediction))
             else:
-                state = head.family.select(self.model, captured, self.call_inputs)
-                replicas = head.chain(state)
-                head.result = [head.family.head(self.model, replica, self.call_inputs) for replica in replicas]
+                head.result = [
+                    head.family.head(self.model, state, self.call_inputs)
+                    for state in self._replica_states(head, captured)
+                ]
+
+    def _replica_states(self, head: HeadChain, captured: torch.Tensor) -> list[torch.Tensor]:
+        """Each module's state as the head reads it: the chain on the positions the head reads, or in the block form
+        the chain after the last block and then what the model applies up to the head."""
+        site = head.family.block
+        if site is None:
+            return head.chain(head.family.select(self.model, captured, self.call_inputs))
+        hidden, args, kwargs = self._block_call()
+        return [
+            head.family.select(self.model, site.head_input(self.model, output), self.call_inputs)
+            for output in head.chain(hidden, args, kwargs)
+        ]
+
+    def _block_call(self) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+        if self.block_call is None:
+            raise RuntimeError(
+                f"SPG: the forward of {type(self.model).__name__} reached its head without calling the last block "
+                f"{self.family.block.block} the block form follows."
+            )
+        return self.block_call
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
         for head in self.heads:
@@ -273,15 +336,19 @@ class SPGChainRun:
         if self.positions_per_chunk is None and len(states):
             with torch.no_grad():  # the head's output width, read once on one position
                 self.positions_per_chunk = positions_per_chunk(shared_head(states[:1]).shape[-1])
-        terms = token_level_terms(
-            head.chain,
-            shared_head,
-            states,
-            targets,
-            base_correct,
-            self.positions_per_chunk or 1,
-            head.objective.label_smoothing(self.label_smoothing),
-        )
+        chunk, smoothing = self.positions_per_chunk or 1, head.objective.label_smoothing(self.label_smoothing)
+        site = head.family.block
+        if site is None:
+            terms = token_level_terms(head.chain, shared_head, states, targets, base_correct, chunk, smoothing)
+        else:
+
+            def labelled_states(hidden: torch.Tensor) -> torch.Tensor:
+                state = site.head_input(self.model, hidden)
+                return state.reshape(-1, state.shape[-1])[positions]
+
+            terms = block_token_level_terms(
+                head.chain, self._block_call(), labelled_states, shared_head, targets, base_correct, chunk, smoothing
+            )
         return ChainTerms(base_correct, terms, weight=head.weight)
 
     @contextlib.contextmanager
@@ -311,7 +378,7 @@ class SPGChainRun:
             yield chain_results
         finally:
             handle.remove()
-            self.handed_pair, self.call_inputs = False, {}
+            self.handed_pair, self.call_inputs, self.block_call = False, {}, None
             for head in self.heads:
                 head.armed, head.deferred, head.result = False, None, None
 

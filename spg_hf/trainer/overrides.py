@@ -122,7 +122,16 @@ class SPGTrainerMixin(TrainerInternals):
         loaded under its config), which cannot run outside DeepSpeed's engine. None: a head named with spg_head, which
         is read from that example, while there is none."""
         args = self.args
-        key = (self.model, args.spg_head, args.spg_auxiliary_head, args.spg_auxiliary_weight, args.spg_attach)
+        key = (
+            self.model,
+            args.spg_head,
+            args.spg_auxiliary_head,
+            args.spg_auxiliary_weight,
+            args.spg_attach,
+            args.spg_module,
+            args.spg_block,
+            args.spg_blocks_per_module,
+        )
         if self._resolved_head is not None and self._resolved_head[0] == key:
             return self._resolved_head[1]
         example = self.train_dataset is not None and not zero3_partitioned(self.model)
@@ -192,6 +201,11 @@ class SPGTrainerMixin(TrainerInternals):
                     f"spg_head={self.args.spg_head!r}: SPG reads what the named head predicts from one training "
                     "example before training, which DeepSpeed's partitioned weights cannot run."
                 )
+            if self.args.spg_module == "block" and family.block is None:
+                raise ValueError(
+                    "spg_module='block': SPG finds the last block and checks its copies on one training example "
+                    "before training, which DeepSpeed's partitioned weights cannot run. Use spg_module='linear'."
+                )
             self._spg_run = SPGChainRun(self.model, self.args, family, self._label_smoothing())
             self._spg_settings_applied = {"spg_normalize": self._spg_run.normalize}
             self._check_spg_loss_settings(self._spg_run.objective.name)
@@ -201,7 +215,8 @@ class SPGTrainerMixin(TrainerInternals):
             self.model_wrapped = self.model
             logger.info(
                 f"SPG: {len(self.args.spg_weights)} temporary modules (head family {self._spg_run.family.name}, "
-                f"chain on the {self._spg_run.family.reads}, "
+                + self._spg_run.describe_chain()
+                + ", "
                 + (
                     f"an auxiliary chain on {self._spg_run.auxiliary.family.rule} weighted "
                     f"{self._spg_run.auxiliary.weight}, "

@@ -16,6 +16,7 @@ from transformers.trainer_utils import unwrap_peft_model
 from transformers.utils import logging
 
 from spg_hf.heads import AuxiliaryHead, HeadCheck, HeadFamily, head_family_for, named_head_family, verify_head
+from spg_hf.heads.blocks import find_block_site
 from spg_hf.objectives import OBJECTIVES, ScoredHead, losses_agree, spg_base_loss
 from spg_hf.spg_config import SPGArguments
 
@@ -81,10 +82,11 @@ def check_spg_support(
     """The shared-head family of the model Trainer trains (`trained`, a PeftModel included: the family is its task
     model's), in the form `spg_attach` asks for (and `form` gives it: the trainer's forward may reach the head another
     way), with its objective and the width of the state it reads. With a `batch` (one training example) both are
-    checked on the model as it trains: the family's head reproduces the model's logits (`verify_head`) and its
-    objective the loss Trainer computes through `forward` (`resolve_objective`); without one (DeepSpeed's partitioned
-    weights) the objective is the one the config says. A ValueError names what is unsupported. A head named with
-    `spg_head` is read from that batch: without one it is None until training starts."""
+    checked on the model as it trains: the family's head reproduces the model's logits (`verify_head`), its
+    objective the loss Trainer computes through `forward` (`resolve_objective`), and for the block form the last
+    block and the way from it to the head are found and checked (`find_block_site`); without one (DeepSpeed's
+    partitioned weights) the objective is the one the config says. A ValueError names what is unsupported. A head
+    named with `spg_head` is read from that batch: without one it is None until training starts."""
     model = unwrap_peft_model(trained)
     if args.spg_head:
         if args.spg_attach == "pooled":
@@ -116,7 +118,11 @@ def check_spg_support(
         return replace(family, objective=family.objective_names(model)[0])
     check = verify_head(trained, family, batch, forward)
     objective = resolve_objective(model, family, check, batch, args.spg_regression_tolerance, label_smoothing)
-    return replace(family, objective=objective, feature_width=check.width)
+    family = replace(family, objective=objective, feature_width=check.width)
+    if args.spg_module == "block":
+        site = find_block_site(trained, family, batch, forward, args.spg_block, args.spg_blocks_per_module)
+        family = replace(family, block=site)
+    return family
 
 
 @contextlib.contextmanager
