@@ -16,6 +16,7 @@ import transformers
 from datasets import Dataset
 from helpers import (
     REPO,
+    WORKERS,
     assert_trained_alike,
     greedy_lm_dataset,
     losses,
@@ -23,6 +24,7 @@ from helpers import (
     text_dataset,
     tiny_bert,
     tiny_model,
+    torchrun,
     training_args,
 )
 from safetensors.torch import load_file
@@ -274,3 +276,18 @@ def test_blocks_the_form_cannot_follow_are_refused_by_name(tmp_path):
     # A block the head does not follow through modules alone: layer3's first block changes the shape after it.
     with pytest.raises(ValueError, match=r"the head's input is not what modules alone make of the output"):
         trainer_for("resnet", tmp_path, spg_block="net.layer2.1")
+
+
+# ---- DDP ----
+
+
+@pytest.mark.slow
+def test_block_form_under_ddp_ends_with_identical_weights_on_both_ranks(tmp_path):
+    result = torchrun(str(WORKERS / "block_form_worker.py"), "--output_dir", str(tmp_path))
+    assert result.returncode == 0, f"DDP workers failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    rank_0, rank_1 = (load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(2))
+    assert rank_0.keys() == rank_1.keys()
+    assert [key for key in rank_0 if not torch.equal(rank_0[key], rank_1[key])] == []
+    # The zeroed output projections of every copy learned (their gradients went through DDP's all-reduce).
+    zeroed = [key for key in rank_0 if key.startswith("spg_chain.") and key.endswith("output.dense.weight")]
+    assert len(zeroed) == 6 and all(rank_0[key].abs().max() > 0 for key in zeroed)
