@@ -13,21 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, where the helper module is
 
-import safetensors.torch
 from helpers import text_dataset, tiny_bert, training_args
-from transformers import TrainerCallback
 
+from distributed.ddp_train_worker import SaveFinalWeights
 from spg_hf import SPGTrainer
 from spg_hf.tasks.cli import run_main
-
-
-class SaveFinalWeights(TrainerCallback):
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-        safetensors.torch.save_file(tensors, self.path)
 
 
 def main() -> None:
