@@ -304,21 +304,40 @@ def test_spg_trains_and_saves_a_plain_model(tmp_path, class_name):
     assert_saved_without_the_chain(trainer, tmp_path / "saved", auto_class(model))
 
 
-@pytest.mark.parametrize(
-    "class_name, overrides, setting",
-    [(name, {}, "spg off") for name in sorted(TINY_CONFIGS)]
-    + [(name, overrides, "zero weights") for name, overrides in ONE_CLASS_PER_FAMILY.values()],
-)
-def test_spg_off_or_zero_weights_equal_trainer(tmp_path, class_name, overrides, setting):
-    """SPG off on every class; SPG with zero weights (the chain runs and adds nothing) on one class per family, whose
-    loss check passes at construction."""
+def training_run(class_name: str, overrides: dict):
+    """What a trainer of the class trains on: a fresh model and its task's data."""
 
     def build_run() -> dict:
         model = build(class_name, **overrides)
         return dict(model=model, train_dataset=train_dataset(model))
 
-    runs = [
-        (Trainer, training_args(tmp_path / "plain", args_class=TrainingArguments)),
-        (SPGTrainer, training_args(tmp_path / "spg", TRAINS_AS_TRAINER[setting])),
-    ]
-    assert_trained_alike(*train_each(runs, build_run))
+    return build_run
+
+
+@pytest.fixture(scope="module")
+def plain_trainer_run(tmp_path_factory):
+    """Plain Trainer's run of a class, trained once per module: a class's "spg off" and "zero weights" cases compare
+    against the same (deterministic) run."""
+    runs = {}
+
+    def run(class_name: str, overrides: dict) -> Trainer:
+        key = (class_name, repr(sorted(overrides.items())))
+        if key not in runs:
+            args = training_args(tmp_path_factory.mktemp("plain"), args_class=TrainingArguments)
+            (runs[key],) = train_each([(Trainer, args)], training_run(class_name, overrides))
+        return runs[key]
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "class_name, overrides, setting",
+    [(name, {}, "spg off") for name in sorted(TINY_CONFIGS)]
+    + [(name, overrides, "zero weights") for name, overrides in ONE_CLASS_PER_FAMILY.values()],
+)
+def test_spg_off_or_zero_weights_equal_trainer(plain_trainer_run, tmp_path, class_name, overrides, setting):
+    """SPG off on every class; SPG with zero weights (the chain runs and adds nothing) on one class per family, whose
+    loss check passes at construction."""
+    runs = [(SPGTrainer, training_args(tmp_path, TRAINS_AS_TRAINER[setting]))]
+    (spg,) = train_each(runs, training_run(class_name, overrides))
+    assert_trained_alike(plain_trainer_run(class_name, overrides), spg)
