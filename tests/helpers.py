@@ -22,6 +22,7 @@ from spg_hf import SPGTrainingArguments
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+README = REPO / "README.md"
 # The worker scripts the multi-process tests launch (torchrun, or a plain subprocess).
 WORKERS = TESTS / "distributed"
 
@@ -30,6 +31,17 @@ def data_folder(variable: str, under_shared_data: str) -> Path:
     """The data folder `$variable` names, else its default beside the checkout (../shared/data/...), as
     scripts/run_tests.sh and CI set them; resolved, so a test that changes folder still finds it."""
     return Path(os.environ.get(variable) or REPO.parent / "shared" / "data" / under_shared_data).resolve()
+
+
+def readme_section(start: str, end: str) -> str:
+    """The README's text between two markers: a section a sweep generates."""
+    text = README.read_text()
+    return text[text.index(start) + len(start) : text.index(end)].strip("\n")
+
+
+def write_readme_section(start: str, end: str, section: str) -> None:
+    text = README.read_text()
+    README.write_text(text[: text.index(start) + len(start)] + "\n" + section + "\n" + text[text.index(end) :])
 
 
 GLUE_DIR = data_folder("GLUE_DIR", "glue")

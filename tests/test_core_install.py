@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import tomllib
+from helpers import REPO
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = REPO / "pyproject.toml"
 # Import names of what the extras (and the test environment) add beside the core. PyYAML is not among them: the
 # core has it anyway (huggingface_hub, which transformers needs, imports it).
 EXTRA_MODULES = ["datasets", "evaluate", "scipy", "sklearn", "soundfile", "matplotlib", "peft", "trl", "deepspeed"]

@@ -5,7 +5,6 @@ positions the head reads."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from helpers import (
     CHOICES,
     EOS_TOKEN,
     IMAGE_SIZE,
+    README,
     TINY_CONFIGS,
     TRAINS_AS_TRAINER,
     assert_saved_without_the_chain,
@@ -39,7 +39,6 @@ from spg_hf.heads import FAMILIES, READS_ALL, TOKEN_LEVEL_TASKS, head_family_for
 from spg_hf.objectives import OBJECTIVES
 from spg_hf.spg import ChainTerms, TRPChain, spg_loss
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 AUTO_CLASSES = {
     "ForMultipleChoice": transformers.AutoModelForMultipleChoice,
     "ForQuestionAnswering": transformers.AutoModelForQuestionAnswering,

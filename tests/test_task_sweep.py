@@ -16,14 +16,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import transformers
 from generic_tiny import FIRST_TOKEN, IMAGE_SIZE, SPECIAL_TOKENS, VOCABULARY, generic_tiny_model, sweeping
-from helpers import training_args
+from helpers import readme_section, training_args, write_readme_section
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from transformers.models.auto import modeling_auto
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
@@ -31,7 +30,6 @@ from transformers.trainer_callback import PrinterCallback
 
 from spg_hf import SPGSeq2SeqTrainer, SPGSeq2SeqTrainingArguments, SPGTrainer, SPGTrainingArguments
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 LENGTH = 8
 EXAMPLES = 2
 WAVEFORM_SAMPLES = 8000
@@ -383,14 +381,11 @@ def tally(outcomes: dict[tuple[str, str], Outcome]) -> str:
 
 
 def readme_tally() -> str:
-    text = README.read_text()
-    return text[text.index(TALLY_START) + len(TALLY_START) : text.index(TALLY_END)].strip("\n")
+    return readme_section(TALLY_START, TALLY_END)
 
 
 def write_readme_tally() -> None:
-    text = README.read_text()
-    start, end = text.index(TALLY_START) + len(TALLY_START), text.index(TALLY_END)
-    README.write_text(text[:start] + "\n" + tally(sweep()) + "\n" + text[end:])
+    write_readme_section(TALLY_START, TALLY_END, tally(sweep()))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 import spg_hf
 
@@ -15,7 +15,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = REPO / "pyproject.toml"
 
 
 def test_version_is_pyprojects():
