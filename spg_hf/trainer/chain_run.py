@@ -191,11 +191,12 @@ class SPGChainRun:
         site = self.family.block
         if site is None:
             return f"linear modules on the {self.family.reads}"
+        copies = self.args.spg_blocks_per_module
         return (
-            f"modules of {self.args.spg_blocks_per_module} copies of {site.block} after it, "
+            f"block modules of {copies} cop{'y' if copies == 1 else 'ies'} of {site.block} each, "
             + (f"{', '.join(site.zeroed)} zeroed" if site.zeroed else "nothing zeroed")
             + (" and a zero gate (zeroing alone is not the identity)" if site.gated else "")
-            + (f", then {', '.join(site.tail)} as the model applies them" if site.tail else "")
+            + f", then {', '.join(site.tail) if site.tail else 'the head'} as the model applies them"
         )
 
     @property
