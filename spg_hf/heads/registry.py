@@ -69,7 +69,7 @@ QUESTION_ANSWERING_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="span",
         task="question_answering",
-        rule="`qa_outputs` on every token state, split into start and end logits",
+        rule="`qa_outputs` on every token state, split into start and end logits (all tokens)",
         matches=lambda m: has_span_layer(m, "qa_outputs"),
         head=span_head("qa_outputs"),
         reads=READS_ALL,
@@ -79,8 +79,8 @@ QUESTION_ANSWERING_FAMILIES: tuple[HeadFamily, ...] = (
         name="question_aware_span",
         task="question_answering",
         rule=(
-            "`splinter_qass`: every token's start and end scores against the question token's (its "
-            "`question_positions`, or its first `question_token_id`), padding masked out as the model does"
+            "`splinter_qass`: each token's start and end scores against the question token's (`question_positions`, or "
+            "the first `question_token_id`), padding masked out as the model does (all tokens)"
         ),
         matches=lambda m: child_module(m, "splinter_qass") is not None and hasattr(m, "question_token_id"),
         head=question_aware_span_head,
@@ -91,7 +91,8 @@ QUESTION_ANSWERING_FAMILIES: tuple[HeadFamily, ...] = (
         name="span_classifier",
         task="question_answering",
         rule=(
-            "a 2-output `classifier` on every token state (after the model's own transform), split into start and end"
+            "a 2-output `classifier` on every token state, after the model's own transform, split into start and end "
+            "logits (all tokens)"
         ),
         matches=lambda m: has_span_layer(m, "classifier"),
         head=span_head("classifier"),
@@ -102,8 +103,8 @@ QUESTION_ANSWERING_FAMILIES: tuple[HeadFamily, ...] = (
         name="question_masked_span",
         task="question_answering",
         rule=(
-            "`qa_classifier` (transform and 2-output `qa_outputs`) on every token state, question tokens masked "
-            "out as the model does, split into start and end logits"
+            "`qa_classifier` (transform and 2-output `qa_outputs`) on every token state, question tokens masked out as "
+            "the model does, split into start and end logits (all tokens)"
         ),
         matches=lambda m: child_module(m, "qa_classifier") is not None and hasattr(m, "prepare_question_mask"),
         head=question_masked_span_head,
@@ -118,9 +119,11 @@ SEMANTIC_SEGMENTATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="segmentation_classifier",
         task="semantic_segmentation",
         rule=(
-            "the main head's last class convolution (`decode_head`, `segmentation_head` or `head`) on every "
-            "feature-map position; logits upsampled to the labels as the model's loss does, every labelled pixel "
-            "a trajectory"
+            "the main head's last class convolution (`decode_head`, `segmentation_head` or `head`, with what follows "
+            "it there, e.g. DPT's upsampling) on every feature-map position; logits upsampled to the labels as the "
+            "model's loss does; every labelled pixel a trajectory (the ignore index, 255 for most, is none); an "
+            "auxiliary head (UperNet's, BEiT's, DPT's) gets a chain of its own, its loss weighted as the model weights "
+            "it (every feature-map position)"
         ),
         matches=lambda m: segmentation_classifier(m) is not None and m.config.num_labels > 1,
         head=segmentation_head,
@@ -135,7 +138,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="frame_pooling",
         task="sequence_classification",
-        rule="`projector`, masked mean over the valid frames, `classifier` (chain on every frame state)",
+        rule="`projector` → masked mean over the valid frames → `classifier` (all frames)",
         matches=lambda m: (
             has_linear(m, "projector")
             and has_linear(m, "classifier")
@@ -148,7 +151,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="timm_classifier",
         task="sequence_classification",
-        rule="the timm model's own classifier (`timm_model.get_classifier()`) on the features it pools",
+        rule="the timm model's own classifier (`timm_model.get_classifier()`) on the features it pools (that vector)",
         matches=lambda m: (
             isinstance(getattr(m, "timm_model", None), nn.Module) and hasattr(m.timm_model, "get_classifier")
         ),
@@ -159,7 +162,10 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="eos_classification_head",
         task="sequence_classification",
-        rule="`classification_head` on the decoder state of the last EOS token (encoder-decoder classifiers)",
+        rule=(
+            "`classification_head` on the decoder state of the last EOS token, in encoder-decoder classifiers (that "
+            "vector)"
+        ),
         matches=lambda m: child_module(m, "classification_head") is not None,
         head=eos_classification_head,
         reads=READS_VECTOR,
@@ -169,8 +175,8 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="image_pooled",
         task="sequence_classification",
         rule=(
-            "`classifier` (or a linear `fc` where `classifier` only pools) on the vector an image or audio model "
-            "pools (first token, mean over patches, positions or frames)"
+            "`classifier` (or a linear `fc` where `classifier` only pools, HGNetV2's) on the vector an image or audio "
+            "model pools: its first token, or the mean over patches, positions or frames (that vector)"
         ),
         matches=lambda m: not reads_text(m) and pooled_classifier(m) is not None,
         head=pooled_classifier_head,
@@ -181,7 +187,10 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="distilled_pair",
         task="sequence_classification",
-        rule="the mean of a linear `head` and a linear distillation `dist_head` on the vector the model pools",
+        rule=(
+            "the mean of a linear `head` and a linear distillation `dist_head` on the vector the model pools (that "
+            "vector)"
+        ),
         matches=lambda m: has_linear(m, "head") and has_linear(m, "dist_head"),
         head=distilled_pair_head,
         reads=READS_VECTOR,
@@ -191,8 +200,8 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="last_token_score",
         task="sequence_classification",
         rule=(
-            "`score` (or a `classifier` that is the only head module, CTRL's) on every token, read at the last "
-            "non-padding token (decoder classifiers, left or right padding)"
+            "`score` (or a `classifier` that is the only head module, CTRL's) at the last non-padding token, left or "
+            "right padding (that token)"
         ),
         matches=lambda m: reads_text(m) and token_scorer(m) is not None,
         head=last_token_score_head,
@@ -201,9 +210,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="prediction_head_last",
         task="sequence_classification",
-        rule=(
-            "`head`, `drop`, `classifier` on every token, read at the last non-padding token (decoder prediction heads)"
-        ),
+        rule="`head` → `drop` → `classifier` at the last non-padding token (that token)",
         matches=lambda m: uses_prediction_head(m, None),
         head=last_token_prediction_head,
         reads=READS_LAST,
@@ -212,8 +219,9 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="dense_classifier",
         task="sequence_classification",
         rule=(
-            "`dense`, `activation`, `classifier` on the first token, on the masked mean of the tokens, or on "
-            "every token with the logits averaged, as `classifier_pooling` says ('bos', 'mean', 'late')"
+            '`dense` → `activation` → `classifier` on the first token (`classifier_pooling="bos"`), on the masked mean '
+            'of the tokens (`"mean"`), or on every token with the logits averaged (`"late"`, the default) (first '
+            "token, or all tokens)"
         ),
         matches=lambda m: (
             reads_text(m)
@@ -229,8 +237,8 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="sequence_summary",
         task="sequence_classification",
         rule=(
-            "the model's `sequence_summary` (first, final or every position, as its `summary_type` says; "
-            "projection, activation), then `logits_proj` where the summary does not project to the labels itself"
+            "the model's `sequence_summary` (first, final or every position, as its `summary_type` says; projection, "
+            "activation) → `logits_proj` where the summary does not project to the labels itself (those positions)"
         ),
         matches=lambda m: child_module(m, "sequence_summary") is not None,
         head=summary_head,
@@ -240,7 +248,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="decoder_final_layer",
         task="sequence_classification",
-        rule="a classification decoder's linear `final_layer` on its one query's output (Perceiver)",
+        rule="a classification decoder's linear `final_layer` on its one query's output (Perceiver; that vector)",
         matches=lambda m: classification_final_layer(m) is not None,
         head=final_layer_head,
         reads=READS_FIRST,
@@ -249,7 +257,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="prediction_head_first",
         task="sequence_classification",
-        rule="`classifier_pooling='cls'`: first token, `head`, `drop`, `classifier`",
+        rule='`classifier_pooling="cls"`: `head` → `drop` → `classifier` (first token)',
         matches=lambda m: uses_prediction_head(m, "cls"),
         head=prediction_head,
         reads=READS_FIRST,
@@ -258,9 +266,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="prediction_head_mean",
         task="sequence_classification",
-        rule=(
-            "`classifier_pooling='mean'`: masked mean over tokens, `head`, `drop`, `classifier` (chain on every token)"
-        ),
+        rule='`classifier_pooling="mean"`: masked mean over the tokens → `head` → `drop` → `classifier` (all tokens)',
         matches=lambda m: uses_prediction_head(m, "mean"),
         head=prediction_head,
         reads=READS_ALL,
@@ -269,7 +275,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="pre_classifier",
         task="sequence_classification",
-        rule="first token, `pre_classifier`, ReLU, `dropout`, `classifier`",
+        rule="`pre_classifier` → ReLU → `dropout` → `classifier` (first token)",
         matches=lambda m: has_linear(m, "pre_classifier") and classifies_pooled(m),
         head=pre_classifier_head,
         reads=READS_FIRST,
@@ -278,7 +284,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="own_pooler",
         task="sequence_classification",
-        rule="the task model's own first-token `pooler`, `dropout`, `classifier`",
+        rule="the task model's own `pooler` → `dropout` → `classifier` (first token)",
         matches=lambda m: child_module(m, "pooler") is not None and classifies_pooled(m),
         head=own_pooler_head,
         reads=READS_FIRST,
@@ -288,8 +294,8 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="base_pooler",
         task="sequence_classification",
         rule=(
-            "the base model's first-token pooler module, `dropout`, `classifier` (chain on the first token of the"
-            " state the pooler reads)"
+            "the base model's pooler module → `dropout` → `classifier` (first token of the state the pooler reads: "
+            "CANINE pools its downsampled sequence)"
         ),
         matches=lambda m: (
             child_module(m.base_model, "pooler") is not None
@@ -304,7 +310,7 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="base_linear_pooler",
         task="sequence_classification",
-        rule="the base model's linear `pooler` and `pooler_activation` on the first token, `dropout`, `classifier`",
+        rule="the base model's linear `pooler` and `pooler_activation` → `dropout` → `classifier` (first token)",
         matches=lambda m: (
             has_linear(m.base_model, "pooler")
             and child_module(m.base_model, "pooler_activation") is not None
@@ -318,8 +324,8 @@ SEQUENCE_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
         name="first_token_classifier",
         task="sequence_classification",
         rule=(
-            "a `classifier` head module that reads the first token itself, or the first token the model hands it "
-            "(dense, activation, projection)"
+            "a `classifier` head module (dense, activation, projection) that reads the first token itself, or is "
+            "handed it (first token)"
         ),
         matches=lambda m: (
             reads_text(m) and child_module(m, "classifier") is not None and not has_linear(m, "classifier")
@@ -336,8 +342,9 @@ CTC_FAMILIES: tuple[HeadFamily, ...] = (
         name="ctc_lm_head",
         task="ctc",
         rule=(
-            "a linear `lm_head` on every frame state (after the model's own dropout); an utterance survives while"
-            " greedy CTC decoding of its logits gets at least half of its target tokens right at their positions"
+            "a linear `lm_head` on every frame (after the model's own dropout); an utterance survives while greedy CTC "
+            "decoding (argmax per valid frame, repeats collapsed, blanks dropped) gets at least half of its target "
+            "tokens right at their positions; module terms are the model's own CTC loss per utterance (all frames)"
         ),
         matches=lambda m: has_linear(m, "lm_head") and hasattr(m, "_get_feat_extract_output_lengths"),
         head=frame_lm_head,
@@ -352,8 +359,8 @@ MULTIPLE_CHOICE_FAMILIES: tuple[HeadFamily, ...] = (
         name="choice_classifier",
         task="multiple_choice",
         rule=(
-            "a `classifier` ending in one output (a linear layer, or Funnel's two) on each choice's pooled "
-            "vector, scores regrouped into [batch, choices]"
+            "a `classifier` ending in one output (a linear layer, or Funnel's two) on each choice's pooled vector, "
+            "scores regrouped into [batch, choices] (each choice's vector)"
         ),
         matches=lambda m: final_linear_outputs(m, "classifier") == 1,
         head=choice_scores_head,
@@ -364,8 +371,8 @@ MULTIPLE_CHOICE_FAMILIES: tuple[HeadFamily, ...] = (
         name="choice_summary",
         task="multiple_choice",
         rule=(
-            "the model's `sequence_summary` on each choice (first, final or every position, as its `summary_type`"
-            " says) and `logits_proj` to one score, regrouped into [batch, choices]"
+            "the model's `sequence_summary` on each choice (first, final or every position, as its `summary_type` "
+            "says) → one-output `logits_proj`, scores regrouped into [batch, choices] (the positions the summary reads)"
         ),
         matches=lambda m: (
             child_module(m, "sequence_summary") is not None and final_linear_outputs(m, "logits_proj") == 1
@@ -381,7 +388,7 @@ TOKEN_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="token_classifier",
         task="token_classification",
-        rule="a linear `classifier` on every token state (after the model's own dropout or transform)",
+        rule="a linear `classifier` on every token (after the model's own dropout or transform) (labelled tokens)",
         matches=lambda m: has_linear(m, "classifier"),
         head=classifier_head,
         reads=READS_LABELLED,
@@ -390,7 +397,7 @@ TOKEN_CLASSIFICATION_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="token_score",
         task="token_classification",
-        rule="a `score` ending in a linear layer on every token state (decoder token classifiers)",
+        rule="a `score` ending in a linear layer on every token (labelled tokens)",
         matches=lambda m: final_linear_outputs(m, "score") is not None,
         head=token_score_head,
         reads=READS_LABELLED,
@@ -403,7 +410,7 @@ MASKED_LM_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="vocab_projector",
         task="masked_lm",
-        rule="`vocab_transform`, activation, `vocab_layer_norm`, `vocab_projector` (tied to the input embeddings)",
+        rule="`vocab_transform` → activation → `vocab_layer_norm` → `vocab_projector` (labelled tokens)",
         matches=lambda m: has_linear(m, "vocab_transform") and has_linear(m, "vocab_projector"),
         head=vocab_projector_head,
         reads=READS_LABELLED,
@@ -412,7 +419,10 @@ MASKED_LM_FAMILIES: tuple[HeadFamily, ...] = (
     HeadFamily(
         name="masked_lm_head",
         task="masked_lm",
-        rule="the child module holding the output embeddings: head transform (dense, activation, norm) and decoder",
+        rule=(
+            "the child module holding the output embeddings: head transform (dense, activation, norm) and decoder "
+            "(labelled tokens)"
+        ),
         matches=lambda m: lm_head_module(m) is not None,
         head=output_embeddings_head,
         reads=READS_LABELLED,
@@ -426,10 +436,13 @@ CAUSAL_LM_FAMILIES: tuple[HeadFamily, ...] = (
         name="causal_lm_head",
         task="causal_lm",
         rule=(
-            "the child module holding the output embeddings (`lm_head`; the output embeddings alone where it "
-            "holds nothing else), then the config scales the forward applies to its output and "
-            "`final_logit_softcapping`; labels as the model's loss reads them (shifted by one; unshifted for "
-            "XLNet, XLM, Flaubert)"
+            "the child module holding the output embeddings (`lm_head`; the output embeddings alone where it holds "
+            "nothing else: XLM's and Flaubert's `pred_layer`), then the config scales its forward applies to the "
+            "head's output, read from the forward "
+            "(Cohere's `logit_scale`, Granite's division by `logits_scaling`, Falcon-H1's `lm_head_multiplier`; "
+            "MiniCPM3's `logits_scaling` scales the head's input, which the captured state holds), and "
+            "`final_logit_softcapping` (Gemma 2/3); labels as the model's loss reads them: shifted by one, or "
+            "unshifted where its loss reads them so (XLNet's, XLM's and Flaubert's) (labelled tokens)"
         ),
         matches=lambda m: lm_head_module(m) is not None,
         head=output_embeddings_head,
@@ -444,9 +457,9 @@ SEQ2SEQ_LM_FAMILIES: tuple[HeadFamily, ...] = (
         name="seq2seq_lm_head",
         task="seq2seq_lm",
         rule=(
-            "the decoder's LM head (the child module holding the output embeddings: `lm_head`, Whisper's "
-            "`proj_out`), plus `final_logits_bias` where the model has one; labels as the model's loss reads them"
-            " (unshifted)"
+            "the decoder's LM head (the child module holding the output embeddings: `lm_head`, Whisper's `proj_out`; "
+            "EncoderDecoderModel's decoder's) plus `final_logits_bias` where the model has one; labels as the loss "
+            "reads them, unshifted (labelled tokens)"
         ),
         matches=lambda m: lm_head_module(m) is not None,
         head=output_embeddings_head,
@@ -457,8 +470,8 @@ SEQ2SEQ_LM_FAMILIES: tuple[HeadFamily, ...] = (
         name="decoder_output_projection",
         task="seq2seq_lm",
         rule=(
-            "the linear `output_projection` that ends the base model's decoder (FSMT: its output embeddings are "
-            "the decoder's input embeddings, tied to it); labels as the model's loss reads them (unshifted)"
+            "the linear `output_projection` that ends the base model's decoder, where the model has no LM head of its "
+            "own (FSMT); labels unshifted (labelled tokens)"
         ),
         matches=lambda m: decoder_output_projection(m) is not None,
         head=decoder_output_projection_head,
