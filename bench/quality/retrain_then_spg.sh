@@ -31,7 +31,15 @@ for task in ${TASKS:-mrpc cola}; do
             "${shared[@]}" --learning_rate $lr --num_train_epochs $epochs
         # The stage-1 rows (the plain models' dev metrics), kept with the results; the weights stay in outputs/.
         mkdir -p "$OUT_ROOT/bench/results/retrain"
-        cp "$stage1/raw.jsonl" "$OUT_ROOT/bench/results/retrain/${task}_stage1_raw.jsonl"
+        # Merged, not copied: a run of some seeds into a fresh OUT_ROOT must not drop the other seeds' kept rows.
+        "$PYTHON" - "$stage1/raw.jsonl" "$OUT_ROOT/bench/results/retrain/${task}_stage1_raw.jsonl" <<'MERGE'
+import json, pathlib, sys
+new, kept = (pathlib.Path(name) for name in sys.argv[1:])
+rows = kept.read_text().splitlines() if kept.exists() else []
+seen = {(json.loads(row)["arm"], json.loads(row)["seed"]) for row in rows}
+rows += [row for row in new.read_text().splitlines() if (json.loads(row)["arm"], json.loads(row)["seed"]) not in seen]
+kept.write_text("".join(row + "\n" for row in rows))
+MERGE
         "$PYTHON" -m spg_hf.compare --out "$OUT_ROOT/bench/results/retrain/$task" --threads 1 --seeds "$seed" \
             -- "$PYTHON" run_glue_spg.py --task_name $task --model_name_or_path "$stage1/plain/seed{seed}" \
             "${shared[@]}" --learning_rate $lr --num_train_epochs 2
