@@ -49,7 +49,7 @@ def image_dataset(size: int = 16) -> Dataset:
     generator = torch.Generator().manual_seed(0)
     return Dataset.from_dict(
         {
-            "pixel_values": torch.randn(size, 3, 32, 32, generator=generator).numpy(),
+            "pixel_values": torch.randn(size, 3, 16, 16, generator=generator).numpy(),
             "labels": torch.randint(0, 10, (size,), generator=generator).tolist(),
         }
     ).with_format("numpy")
