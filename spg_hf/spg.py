@@ -56,19 +56,27 @@ class TRPModule(nn.Module):
         return dropped + self.activation(F.linear(dropped, self.weight, self.bias))
 
 
-class TRPChain(nn.Module):
-    """T modules in sequence; returns every module's output h_1..h_T."""
+class ReplicaChain(nn.Module):
+    """T modules in sequence; returns every module's output h_1..h_T. Arguments after the state go to every module
+    (the block form's: the arguments the model called its last block with)."""
 
-    def __init__(self, width: int, dropouts: list[float], activation: str) -> None:
+    def __init__(self, replicas: list[nn.Module]) -> None:
         super().__init__()
-        self.replicas = nn.ModuleList(TRPModule(width, rate, activation) for rate in dropouts)
+        self.replicas = nn.ModuleList(replicas)
 
-    def forward(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, *arguments: Any) -> list[torch.Tensor]:
         outputs = []
         for replica in self.replicas:
-            hidden = replica(hidden)
+            hidden = replica(hidden, *arguments)
             outputs.append(hidden)
         return outputs
+
+
+class TRPChain(ReplicaChain):
+    """The paper's first form: T `TRPModule`s of the state's width, one per dropout rate."""
+
+    def __init__(self, width: int, dropouts: list[float], activation: str) -> None:
+        super().__init__([TRPModule(width, rate, activation) for rate in dropouts])
 
 
 def block_output(output: Any) -> torch.Tensor:
@@ -96,19 +104,9 @@ class BlockModule(nn.Module):
         return out if self.gate is None else dropped + self.gate.to(out.dtype) * (out - dropped)
 
 
-class BlockChain(nn.Module):
-    """T block modules in sequence; returns every module's output h_1..h_T (whole sequences or feature maps)."""
-
-    def __init__(self, modules: list[BlockModule]) -> None:
-        super().__init__()
-        self.replicas = nn.ModuleList(modules)
-
-    def forward(self, hidden: torch.Tensor, args: tuple = (), kwargs: dict | None = None) -> list[torch.Tensor]:
-        outputs = []
-        for replica in self.replicas:
-            hidden = replica(hidden, args, kwargs)
-            outputs.append(hidden)
-        return outputs
+class BlockChain(ReplicaChain):
+    """The block form's chain: T `BlockModule`s, each called with the last block's other arguments; its outputs are
+    whole sequences or feature maps."""
 
 
 def _position_terms(
